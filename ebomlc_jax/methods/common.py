@@ -1,0 +1,178 @@
+"""Machinery every method shares: state, optimisers, model adapters, the released SGD lookahead."""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ebomlc_jax import bilevel
+from ebomlc_jax.errors import ConfigError
+
+PyTree = Any
+State = dict[str, Any]  # {"step", "rng", "main": {"params", "batch_stats"}, "meta", "main_opt", ...}
+Batch = Mapping[str, jax.Array]
+Measurements = dict[str, jax.Array]
+
+
+def main_optimizer(lr_schedule: optax.Schedule, momentum: float, weight_decay: float
+                   ) -> optax.GradientTransformation:
+    """PyTorch's SGD(momentum, weight_decay): decay added to the gradient, then heavy-ball."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(lr_schedule, momentum=momentum))
+
+
+def meta_optimizer(lr: float) -> optax.GradientTransformation:
+    """Adam with AMSGrad, eps 1e-8, no weight decay (optax keeps the max of bias-corrected nu)."""
+    return optax.amsgrad(lr, eps=1e-8)
+
+
+def momentum_buffer(main_opt_state: PyTree) -> PyTree:
+    """The heavy-ball buffer b of the main optimiser (zeros before the first step)."""
+    return optax.tree_utils.tree_get(main_opt_state, "trace")
+
+
+def sgd_delta(params: PyTree, grads: PyTree, trace: PyTree, lr: jax.Array, momentum: float,
+              weight_decay: float) -> PyTree:
+    """-lr (mu b + g + lambda w): the released code's `update_params(..., deltaonly=True)`."""
+    return jax.tree.map(lambda w, g, b: -lr * (momentum * b + g + weight_decay * w),
+                        params, grads, trace)
+
+
+def split_clean(clean_batch: Batch, into_lower: bool) -> tuple[Batch, Batch | None]:
+    """(upper batch, lower batch): halves when the clean batch is also mixed into G."""
+    if not into_lower:
+        return clean_batch, None
+    half = clean_batch["label"].shape[0] // 2
+    first = {k: v[:half] for k, v in clean_batch.items()}
+    second = {k: v[half:] for k, v in clean_batch.items()}
+    return first, second
+
+
+def main_apply(model: nn.Module, batch_stats: PyTree) -> bilevel.MainApply:
+    """Training-mode main model: (logits, features, updated batch_stats) from fixed input stats."""
+
+    def apply(params: PyTree, images: jax.Array):
+        (logits, features), updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True,
+            mutable=["batch_stats"])
+        return logits, features, updates["batch_stats"]
+
+    return apply
+
+
+def meta_fn(model: nn.Module, dropout_key: jax.Array | None) -> bilevel.MetaFn:
+    """Meta model in training mode (dropout with this key, batch-statistics BN)."""
+
+    def fn(params: PyTree, features: jax.Array, labels: jax.Array) -> jax.Array:
+        return model.apply({"params": params}, features, labels, deterministic=dropout_key is None,
+                           rngs={} if dropout_key is None else {"dropout": dropout_key})
+
+    return fn
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Method:
+    """A training method: `init(rng, sample_images) -> state`, pure `step(state, noisy, clean)`.
+
+    `step` is jit-compiled once by the caller with `jax.jit(method.step, donate_argnums=0)`.
+    """
+
+    main_model: nn.Module
+    meta_model: nn.Module | None = None
+    lr_schedule: optax.Schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    meta_lr: float = 3e-4
+    clean_in_lower_loss: bool = True
+
+    uses_meta: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.uses_meta and self.meta_model is None:
+            raise ConfigError(f"method {type(self).__name__} needs a meta model (meta_model=None)")
+
+    @property
+    def main_tx(self) -> optax.GradientTransformation:
+        return main_optimizer(self.lr_schedule, self.momentum, self.weight_decay)
+
+    @property
+    def meta_tx(self) -> optax.GradientTransformation:
+        return meta_optimizer(self.meta_lr)
+
+    def init(self, rng: jax.Array, sample_images: jax.Array) -> State:
+        """Fresh state: parameters, BN statistics, optimiser states, rng and step counter."""
+        k_main, k_meta, k_drop, k_state = jax.random.split(rng, 4)
+        variables = self.main_model.init(k_main, sample_images, train=False)
+        params = variables["params"]
+        state = {"step": jnp.zeros((), jnp.int32), "rng": k_state,
+                 "main": {"params": params, "batch_stats": variables["batch_stats"]},
+                 "main_opt": self.main_tx.init(params)}
+        if self.uses_meta:
+            _, features = jax.eval_shape(
+                lambda: self.main_model.apply(variables, sample_images, train=False))
+            meta_vars = self.meta_model.init(
+                {"params": k_meta, "dropout": k_drop},
+                jnp.zeros(features.shape, features.dtype),
+                jnp.zeros(features.shape[:1], jnp.int32))
+            state["meta"] = {"params": meta_vars["params"]}
+            state["meta_opt"] = self.meta_tx.init(meta_vars["params"])
+        return state
+
+    # -- pieces the steps share
+    def begin(self, state: State, num_keys: int) -> tuple[jax.Array, list[jax.Array], State]:
+        """Current lr, `num_keys` fresh dropout keys, and the state with its rng advanced."""
+        rng, key = jax.random.split(state["rng"])
+        keys = [jax.random.fold_in(key, i) for i in range(num_keys)]
+        return self.lr_schedule(state["step"]), keys, {**state, "rng": rng}
+
+    def update_meta(self, state: State, grad_meta: PyTree) -> State:
+        """One AMSGrad step of the meta model along `grad_meta`."""
+        updates, opt = self.meta_tx.update(grad_meta, state["meta_opt"], state["meta"]["params"])
+        params = optax.apply_updates(state["meta"]["params"], updates)
+        return {**state, "meta": {"params": params}, "meta_opt": opt}
+
+    def update_main(self, state: State, grad_main: PyTree, batch_stats: PyTree,
+                    start: PyTree | None = None, decay_at: PyTree | None = None) -> State:
+        """One momentum-SGD step along `grad_main`, applied to `start` (default: the current w).
+
+        Weight decay uses `decay_at` (default: the current w).
+        """
+        params = state["main"]["params"]
+        updates, opt = self.main_tx.update(grad_main, state["main_opt"],
+                                           params if decay_at is None else decay_at)
+        new = optax.apply_updates(params if start is None else start, updates)
+        return {**state, "main": {"params": new, "batch_stats": batch_stats}, "main_opt": opt,
+                "step": state["step"] + 1}
+
+    def step(self, state: State, noisy_batch: Batch, clean_batch: Batch
+             ) -> tuple[State, Measurements]:
+        """One training step; returns the new state and scalar measurements."""
+        raise NotImplementedError
+
+    # -- evaluation
+    def predict(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Eval-mode (running BN statistics) logits and features of the main model."""
+        return self.main_model.apply(
+            {"params": state["main"]["params"], "batch_stats": state["main"]["batch_stats"]},
+            images, train=False)
+
+    def correct_labels(self, state: State, images: jax.Array, labels: jax.Array) -> jax.Array:
+        """The meta model's corrected label distribution g(h(x), y), dropout off.
+
+        h comes from the eval-mode main model; the meta BN uses this batch's statistics (it keeps
+        no running averages, as in the released code).
+        """
+        _, features = self.predict(state, images)
+        return meta_fn(self.meta_model, None)(state["meta"]["params"], features, labels)
+
+
+def meta_accuracy(targets: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Accuracy of the meta model's argmax on the true labels, when the batch carries them."""
+    if "true_label" not in batch:
+        return {}
+    hits = jnp.argmax(targets, axis=-1) == batch["true_label"]
+    return {"meta_accuracy": jnp.mean(hits.astype(jnp.float32))}

@@ -1,0 +1,79 @@
+"""CIFAR ResNet (He et al. 2016, option-A shortcuts) returning logits and the pooled feature h(x)."""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Kaiming-normal, fan_in, gain sqrt(2), *untruncated* (PyTorch's kaiming_normal_, used by the
+# reference); flax's default he_normal is truncated.
+kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def torch_linear_bias(fan_in: int):
+    """PyTorch's default nn.Linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BN; option-A shortcut (stride-2 subsample + zero channel pad)."""
+
+    features: int
+    strides: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = lambda s, name: nn.Conv(  # noqa: E731
+            self.features, (3, 3), (s, s), padding=1, use_bias=False,
+            kernel_init=kaiming_normal, dtype=self.dtype, name=name)
+        norm = lambda name: nn.BatchNorm(  # noqa: E731
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name)
+        y = nn.relu(norm("bn1")(conv(self.strides, "conv1")(x)))
+        y = norm("bn2")(conv(1, "conv2")(y))
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = x[:, :: self.strides, :: self.strides, :]
+            pad = self.features - x.shape[-1]
+            shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+        return nn.relu(y + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for small images: stem, three stages, global average pool, linear head.
+
+    Returns `(logits [B, K], features [B, widths[-1]])`; any input size divisible by 4 works.
+    """
+
+    num_classes: int
+    blocks_per_stage: int = 5
+    widths: Sequence[int] = (16, 32, 64)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
+        x = x.astype(self.dtype)
+        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, kernel_init=kaiming_normal,
+                    dtype=self.dtype, name="conv")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 dtype=self.dtype, name="bn")(x))
+        for stage, width in enumerate(self.widths):
+            for block in range(self.blocks_per_stage):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(width, strides, self.dtype, name=f"stage{stage}_block{block}")(
+                    x, train)
+        features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+        logits = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
+                          bias_init=torch_linear_bias(features.shape[-1]), name="head")(features)
+        return logits, features
+
+
+def resnet32(num_classes: int, dtype: jnp.dtype = jnp.float32) -> CifarResNet:
+    """The paper's main model: ResNet-32, 16/32/64 channels, 5 blocks per stage."""
+    return CifarResNet(num_classes, blocks_per_stage=5, widths=(16, 32, 64), dtype=dtype)
