@@ -8,6 +8,7 @@ are positions inside the clean set D or the noisy set D', not into the full trai
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 
 import jax
@@ -201,8 +202,6 @@ def tf_dataset(
     For data that does not fit in device memory: images stay on the host and tf.data gathers
     each batch in its own threads, overlapping the device step through prefetch.
     """
-    import tensorflow as tf  # Lazy: importing the package must stay fast.
-
     n = _set_size(data, which)
     field = _BATCH_FIELDS[which]
     if num_steps is not None and (
@@ -210,13 +209,11 @@ def tf_dataset(
     ):
         raise errors.allowed("num_steps", num_steps, "None or an integer >= 0")
     _index_stream(key, n, batch_size, start_step, field)  # Raise bad input here, not in tf.data.
+    import tensorflow as tf  # Lazy: importing the package must stay fast.
 
     def generate():
         # A fresh index stream per iteration of the dataset, so re-iterating starts over.
-        for step, idx in enumerate(_index_stream(key, n, batch_size, start_step, field)):
-            if num_steps is not None and step >= num_steps:
-                return
-            yield idx
+        return itertools.islice(_index_stream(key, n, batch_size, start_step, field), num_steps)
 
     ds = tf.data.Dataset.from_generator(
         generate, output_signature=tf.TensorSpec([batch_size], tf.int32)
