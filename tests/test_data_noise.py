@@ -50,6 +50,17 @@ def test_transition_rows_sum_to_one(kind, includes_true_class, rate):
         np.testing.assert_allclose(c.sum(1), 1.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("k", [10, 100])
+def test_transitions_bitwise_equal_released_formulas(k):
+    # The released loader's matrices, written out: equal bit for bit, so the draw is too.
+    for r in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]:
+        uniform = r * np.full((k, k), 1 / k) + (1 - r) * np.eye(k)
+        assert np.array_equal(noise.transition_matrix("uniform", r, k), uniform)
+        flip = np.eye(k) * (1 - r)
+        flip[np.arange(k), noise.flip_map(k)] = r
+        assert np.array_equal(noise.transition_matrix("flip", r, k), flip)
+
+
 def test_transition_matrix_entries():
     k, r = 10, 0.4
     np.testing.assert_allclose(

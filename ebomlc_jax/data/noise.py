@@ -32,8 +32,9 @@ def transition_matrix(
     if kind == "uniform":
         if includes_true_class:
             # MW-Net/MLC/EBOMLC code: the uniform draw may return the true class, so the
-            # realised flip rate is rate * (K - 1) / K.
-            return rate / k * np.ones((k, k)) + (1.0 - rate) * eye
+            # realised flip rate is rate * (K - 1) / K. rate * (1 / K), not rate / K: the
+            # last bits of C move the cdf, and so the drawn labels, of the legacy draw.
+            return rate * np.full((k, k), 1.0 / k) + (1.0 - rate) * eye
         # The paper's text: "flipped uniformly to another class"; realised rate is `rate`.
         return (1.0 - rate) * eye + rate / (k - 1) * (1.0 - eye)
     target = flip_map(k) if kind == "flip" else (np.arange(k) + 1) % k
