@@ -66,12 +66,15 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return -jnp.mean(jnp.sum(targets * logp, axis=-1))
 
 
-def mixture_nll(logits: jax.Array, meta_probs: jax.Array, labels: jax.Array,
-                rho: jax.Array | float) -> jax.Array:
+def mixture_nll(
+    logits: jax.Array, meta_probs: jax.Array, labels: jax.Array, rho: jax.Array | float
+) -> jax.Array:
     """Eq. 9 per batch: -log(rho * softmax(f(x))_y + (1 - rho) * g(h(x), y)_y), in log space."""
     logp_main = jnp.take_along_axis(
         jax.nn.log_softmax(logits.astype(jnp.result_type(logits, jnp.float32))),
-        labels[:, None], axis=-1)[:, 0]
+        labels[:, None],
+        axis=-1,
+    )[:, 0]
     p_meta = jnp.take_along_axis(meta_probs, labels[:, None], axis=-1)[:, 0]
     # rho = 1 makes the second term log(0) = -inf and logaddexp returns the first term exactly.
     log_mix = jnp.logaddexp(jnp.log(rho) + logp_main, jnp.log1p(-rho) + jnp.log(p_meta))
@@ -84,8 +87,9 @@ def with_aux(main_fn: MainFn) -> MainApply:
     return lambda params, images: (*main_fn(params, images), None)
 
 
-def lower_objective(batch: Batch, apply: MainApply, meta_fn: MetaFn,
-                    clean_batch: Batch | None = None) -> Objective:
+def lower_objective(
+    batch: Batch, apply: MainApply, meta_fn: MetaFn, clean_batch: Batch | None = None
+) -> Objective:
     """G of Eq. 3 on `batch`; with `clean_batch`, its hard-label CE is mixed in by batch size.
 
     The mixed form is the released code's lower loss (REFERENCE_NOTES 4.6). aux: the side
@@ -105,8 +109,13 @@ def lower_objective(batch: Batch, apply: MainApply, meta_fn: MetaFn,
     return objective
 
 
-def upper_objective(batch: Batch, apply: MainApply, meta_fn: MetaFn | None,
-                    rho: jax.Array | float = 1.0, mixture: Callable = mixture_nll) -> Objective:
+def upper_objective(
+    batch: Batch,
+    apply: MainApply,
+    meta_fn: MetaFn | None,
+    rho: jax.Array | float = 1.0,
+    mixture: Callable = mixture_nll,
+) -> Objective:
     """F of Eq. 9 (mixture of probabilities) on a clean batch; `meta_fn=None` gives Eq. 2.
 
     `mixture(logits, meta_probs, labels, rho)` is the loss; the released code's variant passes
@@ -123,11 +132,13 @@ def upper_objective(batch: Batch, apply: MainApply, meta_fn: MetaFn | None,
     return objective
 
 
-def value_and_grads(objective: Objective, main_params: PyTree, meta_params: PyTree
-                    ) -> tuple[jax.Array, Any, Pair]:
+def value_and_grads(
+    objective: Objective, main_params: PyTree, meta_params: PyTree
+) -> tuple[jax.Array, Any, Pair]:
     """(loss, aux, (grad_main, grad_meta)) of an objective."""
     (loss, aux), grads = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-        main_params, meta_params)
+        main_params, meta_params
+    )
     return loss, aux, grads
 
 
@@ -137,22 +148,35 @@ def main_grad(objective: Objective, main_params: PyTree, meta_params: PyTree) ->
 
 
 # ----------------------------------------------------------------------------- contract: losses
-def lower_loss(main_params: PyTree, meta_params: PyTree, batch: Batch, main_fn: MainFn,
-               meta_fn: MetaFn) -> jax.Array:
+def lower_loss(
+    main_params: PyTree, meta_params: PyTree, batch: Batch, main_fn: MainFn, meta_fn: MetaFn
+) -> jax.Array:
     """G(w, alpha), Eq. 3: soft-label CE of f_w(x') against g_alpha(h(x'), y')."""
     return lower_objective(batch, with_aux(main_fn), meta_fn)(main_params, meta_params)[0]
 
 
-def upper_loss(main_params: PyTree, meta_params: PyTree, batch: Batch, main_fn: MainFn,
-               meta_fn: MetaFn, rho: jax.Array | float) -> jax.Array:
+def upper_loss(
+    main_params: PyTree,
+    meta_params: PyTree,
+    batch: Batch,
+    main_fn: MainFn,
+    meta_fn: MetaFn,
+    rho: jax.Array | float,
+) -> jax.Array:
     """F(w, alpha), Eq. 9: -log of the rho-mixture of main and meta probabilities (rho=1: Eq. 2)."""
     return upper_objective(batch, with_aux(main_fn), meta_fn, rho)(main_params, meta_params)[0]
 
 
 # ----------------------------------------------------------------------------- value gap
-def one_step_gap(lower: Objective, main_params: PyTree, meta_params: PyTree, lr: jax.Array | float,
-                 steps: int = 1, inner_step: Callable[[PyTree, PyTree], PyTree] | None = None,
-                 lower_at_inner: Objective | None = None) -> tuple[jax.Array, Pair, dict]:
+def one_step_gap(
+    lower: Objective,
+    main_params: PyTree,
+    meta_params: PyTree,
+    lr: jax.Array | float,
+    steps: int = 1,
+    inner_step: Callable[[PyTree, PyTree], PyTree] | None = None,
+    lower_at_inner: Objective | None = None,
+) -> tuple[jax.Array, Pair, dict]:
     """Q = G(w) - G(w_k) (Eq. 8 for k=1, Algorithm 1 for k>1) and grad Q = grad G(w) - grad G(w_k).
 
     w_k is `steps` inner steps of G from w on the same batch, held constant (no second order).
@@ -168,13 +192,25 @@ def one_step_gap(lower: Objective, main_params: PyTree, meta_params: PyTree, lr:
     inner = jax.lax.stop_gradient(inner)
     gk, auxk, gradsk = value_and_grads(lower_at_inner or lower, inner, meta_params)
     grad_q = jax.tree.map(jnp.subtract, grads0, gradsk)
-    info = {"G": g0, "G_inner": gk, "inner_params": inner, "grad_G": grads0,
-            "aux": aux0, "aux_inner": auxk}
+    info = {
+        "G": g0,
+        "G_inner": gk,
+        "inner_params": inner,
+        "grad_G": grads0,
+        "aux": aux0,
+        "aux_inner": auxk,
+    }
     return g0 - gk, grad_q, info
 
 
-def value_gap(main_params: PyTree, meta_params: PyTree, batch: Batch, main_fn: MainFn,
-              meta_fn: MetaFn, lr: jax.Array | float) -> jax.Array:
+def value_gap(
+    main_params: PyTree,
+    meta_params: PyTree,
+    batch: Batch,
+    main_fn: MainFn,
+    meta_fn: MetaFn,
+    lr: jax.Array | float,
+) -> jax.Array:
     """Q(w, alpha), Eq. 8: G(w) - G(w1), w1 = w - lr grad_w G(w).
 
     Differentiable: jax.grad gives the paper's first-order grad Q = grad G(w) - grad G(w1) for
@@ -206,8 +242,9 @@ _value_gap.defvjp(_value_gap_fwd, _value_gap_bwd)
 
 
 # ----------------------------------------------------------------------------- dynamic barrier
-def barrier_coefficient(grad_F: Pair, grad_Q: Pair, delta: jax.Array | float, *,
-                        eps: float | None = None) -> jax.Array:
+def barrier_coefficient(
+    grad_F: Pair, grad_Q: Pair, delta: jax.Array | float, *, eps: float | None = None
+) -> jax.Array:
     """beta-bar, Eq. 11: max(delta - <grad_w F, grad_w Q> / ||grad Q||^2, 0).
 
     ||grad Q||^2 runs over both blocks. The denominator is ||grad Q||^2 + eps with eps the
@@ -220,31 +257,55 @@ def barrier_coefficient(grad_F: Pair, grad_Q: Pair, delta: jax.Array | float, *,
     return jnp.maximum(delta - tree_vdot(grad_F[0], grad_Q[0]) / (sq + eps), 0.0)
 
 
-def barrier_direction(upper: Objective, lower: Objective, main_params: PyTree,
-                      meta_params: PyTree, *, delta: jax.Array | float, xi: jax.Array | float,
-                      lr: jax.Array | float, steps: int = 1, lower_at_inner: Objective | None = None
-                      ) -> tuple[Pair, dict]:
+def barrier_direction(
+    upper: Objective,
+    lower: Objective,
+    main_params: PyTree,
+    meta_params: PyTree,
+    *,
+    delta: jax.Array | float,
+    xi: jax.Array | float,
+    lr: jax.Array | float,
+    steps: int = 1,
+    lower_at_inner: Objective | None = None,
+) -> tuple[Pair, dict]:
     """grad F + xi * beta-bar * grad Q (Eq. 12-14) for any upper/lower objectives.
 
     EBOMLC: mixture F, steps=1, xi in (0,1). MLC-D: plain F (so grad_alpha F = 0), steps=k, xi=1.
     """
     f, aux_f, grad_f = value_and_grads(upper, main_params, meta_params)
-    q, grad_q, info = one_step_gap(lower, main_params, meta_params, lr, steps,
-                                   lower_at_inner=lower_at_inner)
+    q, grad_q, info = one_step_gap(
+        lower, main_params, meta_params, lr, steps, lower_at_inner=lower_at_inner
+    )
     beta = barrier_coefficient(grad_f, grad_q, delta)
     direction = jax.tree.map(lambda gf, gq: gf + xi * beta * gq, grad_f, grad_q)
-    aux = {**info, "F": f, "aux_upper": aux_f, "Q": q, "beta": beta,
-           "grad_F_norm": jnp.sqrt(tree_sq_norm(grad_f)),
-           "grad_Q_norm": jnp.sqrt(tree_sq_norm(grad_q)),
-           "alignment": tree_vdot(grad_f[0], grad_q[0])}
+    aux = {
+        **info,
+        "F": f,
+        "aux_upper": aux_f,
+        "Q": q,
+        "beta": beta,
+        "grad_F_norm": jnp.sqrt(tree_sq_norm(grad_f)),
+        "grad_Q_norm": jnp.sqrt(tree_sq_norm(grad_q)),
+        "alignment": tree_vdot(grad_f[0], grad_q[0]),
+    }
     return direction, aux
 
 
-def ebomlc_direction(main_params: PyTree, meta_params: PyTree, noisy_batch: Batch,
-                     clean_batch: Batch, main_fn: MainFn, meta_fn: MetaFn, *,
-                     rho: jax.Array | float, delta: jax.Array | float, xi: jax.Array | float,
-                     lr: jax.Array | float) -> tuple[Pair, dict]:
-    """EBOMLC update direction, Eq. 12-14: (grad_w F + xi beta grad_w Q, grad_a F + xi beta grad_a Q).
+def ebomlc_direction(
+    main_params: PyTree,
+    meta_params: PyTree,
+    noisy_batch: Batch,
+    clean_batch: Batch,
+    main_fn: MainFn,
+    meta_fn: MetaFn,
+    *,
+    rho: jax.Array | float,
+    delta: jax.Array | float,
+    xi: jax.Array | float,
+    lr: jax.Array | float,
+) -> tuple[Pair, dict]:
+    """EBOMLC direction, Eq. 12-14: (grad_w F + xi beta grad_w Q, grad_a F + xi beta grad_a Q).
 
     aux: beta (beta-bar before xi), G, F, Q, G_inner, grad norms, inner_params (w1).
     """
@@ -252,26 +313,53 @@ def ebomlc_direction(main_params: PyTree, meta_params: PyTree, noisy_batch: Batc
     return barrier_direction(
         upper_objective(clean_batch, apply, meta_fn, rho),
         lower_objective(noisy_batch, apply, meta_fn),
-        main_params, meta_params, delta=delta, xi=xi, lr=lr)
+        main_params,
+        meta_params,
+        delta=delta,
+        xi=xi,
+        lr=lr,
+    )
 
 
-def mlcd_direction(main_params: PyTree, meta_params: PyTree, noisy_batch: Batch,
-                   clean_batch: Batch, main_fn: MainFn, meta_fn: MetaFn, *,
-                   delta: jax.Array | float, lr: jax.Array | float, k: int) -> tuple[Pair, dict]:
+def mlcd_direction(
+    main_params: PyTree,
+    meta_params: PyTree,
+    noisy_batch: Batch,
+    clean_batch: Batch,
+    main_fn: MainFn,
+    meta_fn: MetaFn,
+    *,
+    delta: jax.Array | float,
+    lr: jax.Array | float,
+    k: int,
+) -> tuple[Pair, dict]:
     """MLC-D direction, Algorithm 1: (grad_w F + beta grad_w Q, beta grad_a Q), Eq. 6-7.
 
     k plain SGD steps of G on the same noisy batch; Q = G(w) - G(w_k); F = plain CE (Eq. 2).
     """
     apply = with_aux(main_fn)
     return barrier_direction(
-        upper_objective(clean_batch, apply, None), lower_objective(noisy_batch, apply, meta_fn),
-        main_params, meta_params, delta=delta, xi=1.0, lr=lr, steps=k)
+        upper_objective(clean_batch, apply, None),
+        lower_objective(noisy_batch, apply, meta_fn),
+        main_params,
+        meta_params,
+        delta=delta,
+        xi=1.0,
+        lr=lr,
+        steps=k,
+    )
 
 
 # ----------------------------------------------------------------------------- MLC hypergradient
-def unrolled_hypergradient(upper: Objective, lower: Objective, main_params: PyTree,
-                           meta_params: PyTree, *, lr: jax.Array | float,
-                           lookahead_shift: PyTree | None = None) -> tuple[PyTree, dict]:
+def unrolled_hypergradient(
+    upper: Objective,
+    lower: Objective,
+    main_params: PyTree,
+    meta_params: PyTree,
+    *,
+    lr: jax.Array | float,
+    lookahead_shift: PyTree | None = None,
+) -> tuple[PyTree, dict]:
     """d/d alpha of F(w'(alpha)), w'(alpha) = w - lr grad_w G(w, alpha) (+ a shift free of alpha).
 
     = grad_alpha[-lr <grad_w G(w, alpha), g'>] with g' = grad_w F(w') held constant; the inner
@@ -279,7 +367,8 @@ def unrolled_hypergradient(upper: Objective, lower: Objective, main_params: PyTr
     alpha (a VJP through the meta network only): no double backward.
     """
     (g, aux), grad_main = jax.value_and_grad(lambda w: lower(w, meta_params), has_aux=True)(
-        main_params)
+        main_params
+    )
     lookahead = sgd_step(main_params, grad_main, lr)
     if lookahead_shift is not None:
         lookahead = jax.tree.map(jnp.add, lookahead, lookahead_shift)
@@ -289,13 +378,26 @@ def unrolled_hypergradient(upper: Objective, lower: Objective, main_params: PyTr
         return -lr * jax.jvp(lambda w: lower(w, meta)[0], (main_params,), (g_prime,))[1]
 
     d_meta = jax.grad(directional)(meta_params)
-    return d_meta, {"G": g, "aux": aux, "grad_G": grad_main, "F_lookahead": f_ahead,
-                    "lookahead_params": lookahead}
+    return d_meta, {
+        "G": g,
+        "aux": aux,
+        "grad_G": grad_main,
+        "F_lookahead": f_ahead,
+        "lookahead_params": lookahead,
+    }
 
 
-def mlc_meta_gradient(main_params: PyTree, meta_params: PyTree, noisy_batch: Batch,
-                      clean_batch: Batch, main_fn: MainFn, meta_fn: MetaFn, *,
-                      lr: jax.Array | float, lookahead_shift: PyTree | None = None) -> PyTree:
+def mlc_meta_gradient(
+    main_params: PyTree,
+    meta_params: PyTree,
+    noisy_batch: Batch,
+    clean_batch: Batch,
+    main_fn: MainFn,
+    meta_fn: MetaFn,
+    *,
+    lr: jax.Array | float,
+    lookahead_shift: PyTree | None = None,
+) -> PyTree:
     """MLC's exact one-step hypergradient d/d alpha CE_clean(w - lr grad_w G(w, alpha)).
 
     `lookahead_shift` adds an alpha-free displacement to the lookahead point (the momentum and
@@ -303,5 +405,10 @@ def mlc_meta_gradient(main_params: PyTree, meta_params: PyTree, noisy_batch: Bat
     """
     apply = with_aux(main_fn)
     return unrolled_hypergradient(
-        upper_objective(clean_batch, apply, None), lower_objective(noisy_batch, apply, meta_fn),
-        main_params, meta_params, lr=lr, lookahead_shift=lookahead_shift)[0]
+        upper_objective(clean_batch, apply, None),
+        lower_objective(noisy_batch, apply, meta_fn),
+        main_params,
+        meta_params,
+        lr=lr,
+        lookahead_shift=lookahead_shift,
+    )[0]

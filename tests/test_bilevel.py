@@ -11,11 +11,15 @@ K, D, IN, B = 3, 4, 5, 6
 RTOL = 1e-4
 
 
-# ---------------------------------------------------------------- a tiny model, twice: JAX and NumPy
+# ------------------------------------------------------------ a tiny model, twice: JAX and NumPy
 def init(seed):
     rs = np.random.RandomState(seed)
-    main = {"w1": rs.randn(IN, D), "b1": rs.randn(D) * 0.1, "w2": rs.randn(D, K),
-            "b2": rs.randn(K) * 0.1}
+    main = {
+        "w1": rs.randn(IN, D),
+        "b1": rs.randn(D) * 0.1,
+        "w2": rs.randn(D, K),
+        "b2": rs.randn(K) * 0.1,
+    }
     meta = {"a": rs.randn(D, K), "emb": rs.randn(K, K)}
     batch = {"image": rs.randn(B, IN), "label": rs.randint(0, K, B).astype(np.int32)}
     clean = {"image": rs.randn(B, IN), "label": rs.randint(0, K, B).astype(np.int32)}
@@ -150,17 +154,20 @@ def test_lower_and_upper_loss_values(seed):
 def test_loss_gradients_stop_at_features(seed):
     w, a, batch, clean = init(seed)
     gw, ga = jax.grad(bilevel.lower_loss, argnums=(0, 1))(
-        as_jax(w), as_jax(a), as_jax(batch), main_fn, meta_fn)
+        as_jax(w), as_jax(a), as_jax(batch), main_fn, meta_fn
+    )
     close((gw, ga), np_grads_G(w, a, batch))
     fw, fa = jax.grad(bilevel.upper_loss, argnums=(0, 1))(
-        as_jax(w), as_jax(a), as_jax(clean), main_fn, meta_fn, 0.2)
+        as_jax(w), as_jax(a), as_jax(clean), main_fn, meta_fn, 0.2
+    )
     close((fw, fa), np_grads_F(w, a, clean, 0.2))
 
 
 def test_rho_one_is_eq2():
     w, a, _, clean = init(3)
     f, (fw, fa) = jax.value_and_grad(bilevel.upper_loss, argnums=(0, 1))(
-        as_jax(w), as_jax(a), as_jax(clean), main_fn, meta_fn, 1.0)
+        as_jax(w), as_jax(a), as_jax(clean), main_fn, meta_fn, 1.0
+    )
     close(f, np_CE(w, clean))
     close(fw, fd_grad(lambda ww: np_CE(ww, clean), w))
     assert all(np.all(np.asarray(v) == 0) for v in jax.tree.leaves(fa))
@@ -175,10 +182,13 @@ def test_value_gap_and_its_gradient(seed):
     w1 = axpy(-lr, gw, w)
     q = bilevel.value_gap(as_jax(w), as_jax(a), as_jax(batch), main_fn, meta_fn, lr)
     close(q, np_G(w, a, batch) - np_G(w1, a, batch))
-    expected = tuple(axpy(-1.0, g1, g0) for g0, g1 in
-                     zip(np_grads_G(w, a, batch), np_grads_G(w1, a, batch), strict=True))
+    expected = tuple(
+        axpy(-1.0, g1, g0)
+        for g0, g1 in zip(np_grads_G(w, a, batch), np_grads_G(w1, a, batch), strict=True)
+    )
     got = jax.grad(bilevel.value_gap, argnums=(0, 1))(
-        as_jax(w), as_jax(a), as_jax(batch), main_fn, meta_fn, lr)
+        as_jax(w), as_jax(a), as_jax(batch), main_fn, meta_fn, lr
+    )
     close(got, expected)
     jitted = jax.jit(jax.grad(bilevel.value_gap, argnums=(0, 1)), static_argnums=(3, 4))
     close(jitted(as_jax(w), as_jax(a), as_jax(batch), main_fn, meta_fn, lr), expected)
@@ -197,8 +207,10 @@ def test_barrier_coefficient_closed_form():
         # Eq. 10 -> Eq. 11: the alpha alignment term in phi-bar cancels the alpha part of <gF, gQ>.
         phi_bar = delta * sq + gf[1]["y"] @ gq[1]["y"]
         full_dot = gf[0]["x"] @ gq[0]["x"] + gf[1]["y"] @ gq[1]["y"]
-        close(bilevel.barrier_coefficient(as_jax(gf), as_jax(gq), delta),
-              max((phi_bar - full_dot) / sq, 0.0))
+        close(
+            bilevel.barrier_coefficient(as_jax(gf), as_jax(gq), delta),
+            max((phi_bar - full_dot) / sq, 0.0),
+        )
 
 
 def test_barrier_coefficient_clamps_at_zero_and_is_finite_at_zero_grad_q():
@@ -207,14 +219,13 @@ def test_barrier_coefficient_clamps_at_zero_and_is_finite_at_zero_grad_q():
     assert float(bilevel.barrier_coefficient(aligned, gq, 0.25)) == 0.0
     zero = ({"x": jnp.zeros(4)}, {"y": jnp.zeros(2)})
     for dtype in (jnp.float32, jnp.float64):
-        z = jax.tree.map(lambda v: v.astype(dtype), zero)
+        z = jax.tree.map(lambda v, dtype=dtype: v.astype(dtype), zero)
         beta = bilevel.barrier_coefficient(aligned, z, 0.25)
         assert np.isfinite(beta) and float(beta) == 0.25
     # A tiny but nonzero grad Q is not swamped by the epsilon.
     tiny = ({"x": 1e-6 * jnp.ones(4, jnp.float32)}, {"y": jnp.zeros(2, jnp.float32)})
     neg = ({"x": -1e-6 * jnp.ones(4, jnp.float32)}, {"y": jnp.zeros(2, jnp.float32)})
-    np.testing.assert_allclose(float(bilevel.barrier_coefficient(neg, tiny, 0.25)), 1.25,
-                               rtol=1e-6)
+    np.testing.assert_allclose(float(bilevel.barrier_coefficient(neg, tiny, 0.25)), 1.25, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- directions
@@ -234,8 +245,17 @@ def test_ebomlc_direction(seed, rho, delta, xi):
     w, a, batch, clean = init(seed)
     lr = 0.3
     (dw, da), aux = bilevel.ebomlc_direction(
-        as_jax(w), as_jax(a), as_jax(batch), as_jax(clean), main_fn, meta_fn,
-        rho=rho, delta=delta, xi=xi, lr=lr)
+        as_jax(w),
+        as_jax(a),
+        as_jax(batch),
+        as_jax(clean),
+        main_fn,
+        meta_fn,
+        rho=rho,
+        delta=delta,
+        xi=xi,
+        lr=lr,
+    )
     want, beta, w1 = np_ebomlc(w, a, batch, clean, rho, delta, xi, lr)
     close((dw, da), want)
     close(aux["beta"], beta) if beta > 0 else np.testing.assert_equal(float(aux["beta"]), 0.0)
@@ -249,11 +269,20 @@ def test_ebomlc_with_rho_one_reduces_to_eq7():
     """rho = 1: grad_alpha F = 0, so beta-bar is Eq. 7's beta and d_alpha is xi beta grad_a Q."""
     w, a, batch, clean = init(4)
     (dw, da), aux = bilevel.ebomlc_direction(
-        as_jax(w), as_jax(a), as_jax(batch), as_jax(clean), main_fn, meta_fn,
-        rho=1.0, delta=0.8, xi=1.0, lr=0.3)
+        as_jax(w),
+        as_jax(a),
+        as_jax(batch),
+        as_jax(clean),
+        main_fn,
+        meta_fn,
+        rho=1.0,
+        delta=0.8,
+        xi=1.0,
+        lr=0.3,
+    )
     (mw, ma), maux = bilevel.mlcd_direction(
-        as_jax(w), as_jax(a), as_jax(batch), as_jax(clean), main_fn, meta_fn,
-        delta=0.8, lr=0.3, k=1)
+        as_jax(w), as_jax(a), as_jax(batch), as_jax(clean), main_fn, meta_fn, delta=0.8, lr=0.3, k=1
+    )
     close((dw, da), (mw, ma))
     close(aux["beta"], maux["beta"])
 
@@ -272,8 +301,16 @@ def test_mlcd_direction(k):
     phi = delta * sq  # Eq. 7 with F = (grad_w F, 0_alpha)
     beta = max((phi - flat(fw) @ flat(qw)) / sq, 0.0)
     (dw, da), aux = bilevel.mlcd_direction(
-        as_jax(w), as_jax(a), as_jax(batch), as_jax(clean), main_fn, meta_fn,
-        delta=delta, lr=lr, k=k)
+        as_jax(w),
+        as_jax(a),
+        as_jax(batch),
+        as_jax(clean),
+        main_fn,
+        meta_fn,
+        delta=delta,
+        lr=lr,
+        k=k,
+    )
     close((dw, da), (axpy(beta, qw, fw), {n: beta * v for n, v in qa.items()}))
     close(aux["Q"], np_G(w, a, batch) - np_G(wk, a, batch))
 
@@ -295,16 +332,24 @@ def test_mlc_meta_gradient_is_the_unrolled_hypergradient(seed, shifted):
 
     want = fd_grad(outer, a, h=1e-4)
     got = bilevel.mlc_meta_gradient(
-        as_jax(w), as_jax(a), as_jax(batch), as_jax(clean), main_fn, meta_fn, lr=lr,
-        lookahead_shift=None if shift is None else as_jax(shift))
+        as_jax(w),
+        as_jax(a),
+        as_jax(batch),
+        as_jax(clean),
+        main_fn,
+        meta_fn,
+        lr=lr,
+        lookahead_shift=None if shift is None else as_jax(shift),
+    )
     close(got, want, rtol=1e-4)
 
 
 def test_mlc_meta_gradient_has_no_double_backward():
     """One JVP of the main network: the jaxpr transposes nothing of the main model twice."""
     w, a, batch, clean = init(0)
-    jaxpr = jax.make_jaxpr(lambda w, a: bilevel.mlc_meta_gradient(
-        w, a, batch, clean, main_fn, meta_fn, lr=0.1))(as_jax(w), as_jax(a))
+    jaxpr = jax.make_jaxpr(
+        lambda w, a: bilevel.mlc_meta_gradient(w, a, batch, clean, main_fn, meta_fn, lr=0.1)
+    )(as_jax(w), as_jax(a))
     # A double backward would differentiate tanh's derivative (1 - tanh^2) again: the forward
     # passes here are G at w (grad), F at w' (grad) and the JVP at w: at most 4 tanh evaluations.
     n_tanh = str(jaxpr).count("tanh")

@@ -4,5 +4,13 @@ from ebomlc_jax.methods import ce, ebomlc, mlc, mlc_d  # noqa: F401  (registers 
 from ebomlc_jax.methods.common import Method, State, main_optimizer, meta_optimizer
 from ebomlc_jax.methods.registry import REGISTRY, create, get, register
 
-__all__ = ["REGISTRY", "Method", "State", "create", "get", "main_optimizer", "meta_optimizer",
-           "register"]
+__all__ = [
+    "REGISTRY",
+    "Method",
+    "State",
+    "create",
+    "get",
+    "main_optimizer",
+    "meta_optimizer",
+    "register",
+]

@@ -13,16 +13,20 @@ from ebomlc_jax import bilevel
 from ebomlc_jax.errors import ConfigError
 
 PyTree = Any
-State = dict[str, Any]  # {"step", "rng", "main": {"params", "batch_stats"}, "meta", "main_opt", ...}
+State = dict[
+    str, Any
+]  # {"step", "rng", "main": {"params", "batch_stats"}, "meta", "main_opt", ...}
 Batch = Mapping[str, jax.Array]
 Measurements = dict[str, jax.Array]
 
 
-def main_optimizer(lr_schedule: optax.Schedule, momentum: float, weight_decay: float
-                   ) -> optax.GradientTransformation:
+def main_optimizer(
+    lr_schedule: optax.Schedule, momentum: float, weight_decay: float
+) -> optax.GradientTransformation:
     """PyTorch's SGD(momentum, weight_decay): decay added to the gradient, then heavy-ball."""
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(lr_schedule, momentum=momentum))
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay), optax.sgd(lr_schedule, momentum=momentum)
+    )
 
 
 def meta_optimizer(lr: float) -> optax.GradientTransformation:
@@ -35,11 +39,18 @@ def momentum_buffer(main_opt_state: PyTree) -> PyTree:
     return optax.tree_utils.tree_get(main_opt_state, "trace")
 
 
-def sgd_delta(params: PyTree, grads: PyTree, trace: PyTree, lr: jax.Array, momentum: float,
-              weight_decay: float) -> PyTree:
+def sgd_delta(
+    params: PyTree,
+    grads: PyTree,
+    trace: PyTree,
+    lr: jax.Array,
+    momentum: float,
+    weight_decay: float,
+) -> PyTree:
     """-lr (mu b + g + lambda w): the released code's `update_params(..., deltaonly=True)`."""
-    return jax.tree.map(lambda w, g, b: -lr * (momentum * b + g + weight_decay * w),
-                        params, grads, trace)
+    return jax.tree.map(
+        lambda w, g, b: -lr * (momentum * b + g + weight_decay * w), params, grads, trace
+    )
 
 
 def split_clean(clean_batch: Batch, into_lower: bool) -> tuple[Batch, Batch | None]:
@@ -57,8 +68,11 @@ def main_apply(model: nn.Module, batch_stats: PyTree) -> bilevel.MainApply:
 
     def apply(params: PyTree, images: jax.Array):
         (logits, features), updates = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True,
-            mutable=["batch_stats"])
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return logits, features, updates["batch_stats"]
 
     return apply
@@ -68,8 +82,13 @@ def meta_fn(model: nn.Module, dropout_key: jax.Array | None) -> bilevel.MetaFn:
     """Meta model in training mode (dropout with this key, batch-statistics BN)."""
 
     def fn(params: PyTree, features: jax.Array, labels: jax.Array) -> jax.Array:
-        return model.apply({"params": params}, features, labels, deterministic=dropout_key is None,
-                           rngs={} if dropout_key is None else {"dropout": dropout_key})
+        return model.apply(
+            {"params": params},
+            features,
+            labels,
+            deterministic=dropout_key is None,
+            rngs={} if dropout_key is None else {"dropout": dropout_key},
+        )
 
     return fn
 
@@ -108,16 +127,21 @@ class Method:
         k_main, k_meta, k_drop, k_state = jax.random.split(rng, 4)
         variables = self.main_model.init(k_main, sample_images, train=False)
         params = variables["params"]
-        state = {"step": jnp.zeros((), jnp.int32), "rng": k_state,
-                 "main": {"params": params, "batch_stats": variables["batch_stats"]},
-                 "main_opt": self.main_tx.init(params)}
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "rng": k_state,
+            "main": {"params": params, "batch_stats": variables["batch_stats"]},
+            "main_opt": self.main_tx.init(params),
+        }
         if self.uses_meta:
             _, features = jax.eval_shape(
-                lambda: self.main_model.apply(variables, sample_images, train=False))
+                lambda: self.main_model.apply(variables, sample_images, train=False)
+            )
             meta_vars = self.meta_model.init(
                 {"params": k_meta, "dropout": k_drop},
                 jnp.zeros(features.shape, features.dtype),
-                jnp.zeros(features.shape[:1], jnp.int32))
+                jnp.zeros(features.shape[:1], jnp.int32),
+            )
             state["meta"] = {"params": meta_vars["params"]}
             state["meta_opt"] = self.meta_tx.init(meta_vars["params"])
         return state
@@ -135,21 +159,33 @@ class Method:
         params = optax.apply_updates(state["meta"]["params"], updates)
         return {**state, "meta": {"params": params}, "meta_opt": opt}
 
-    def update_main(self, state: State, grad_main: PyTree, batch_stats: PyTree,
-                    start: PyTree | None = None, decay_at: PyTree | None = None) -> State:
+    def update_main(
+        self,
+        state: State,
+        grad_main: PyTree,
+        batch_stats: PyTree,
+        start: PyTree | None = None,
+        decay_at: PyTree | None = None,
+    ) -> State:
         """One momentum-SGD step along `grad_main`, applied to `start` (default: the current w).
 
         Weight decay uses `decay_at` (default: the current w).
         """
         params = state["main"]["params"]
-        updates, opt = self.main_tx.update(grad_main, state["main_opt"],
-                                           params if decay_at is None else decay_at)
+        updates, opt = self.main_tx.update(
+            grad_main, state["main_opt"], params if decay_at is None else decay_at
+        )
         new = optax.apply_updates(params if start is None else start, updates)
-        return {**state, "main": {"params": new, "batch_stats": batch_stats}, "main_opt": opt,
-                "step": state["step"] + 1}
+        return {
+            **state,
+            "main": {"params": new, "batch_stats": batch_stats},
+            "main_opt": opt,
+            "step": state["step"] + 1,
+        }
 
-    def step(self, state: State, noisy_batch: Batch, clean_batch: Batch
-             ) -> tuple[State, Measurements]:
+    def step(
+        self, state: State, noisy_batch: Batch, clean_batch: Batch
+    ) -> tuple[State, Measurements]:
         """One training step; returns the new state and scalar measurements."""
         raise NotImplementedError
 
@@ -158,7 +194,9 @@ class Method:
         """Eval-mode (running BN statistics) logits and features of the main model."""
         return self.main_model.apply(
             {"params": state["main"]["params"], "batch_stats": state["main"]["batch_stats"]},
-            images, train=False)
+            images,
+            train=False,
+        )
 
     def correct_labels(self, state: State, images: jax.Array, labels: jax.Array) -> jax.Array:
         """The meta model's corrected label distribution g(h(x), y), dropout off.

@@ -1,4 +1,4 @@
-"""EBOMLC: Algorithm 2 as written (`variant="paper"`) or the authors' released step ("reference")."""
+"""EBOMLC: Algorithm 2 as written (`variant="paper"`) or the released code's step ("reference")."""
 
 import dataclasses
 from typing import ClassVar
@@ -14,8 +14,9 @@ from ebomlc_jax.methods.registry import register
 VARIANTS = ("paper", "reference")
 
 
-def logit_probability_mixture(logits: jax.Array, meta_probs: jax.Array, labels: jax.Array,
-                              rho: jax.Array | float) -> jax.Array:
+def logit_probability_mixture(
+    logits: jax.Array, meta_probs: jax.Array, labels: jax.Array, rho: jax.Array | float
+) -> jax.Array:
     """The released upper loss: CE(rho * logits + (1 - rho) * meta probabilities, y) (item 3)."""
     return bilevel.cross_entropy(rho * logits + (1 - rho) * meta_probs, labels)
 
@@ -49,9 +50,14 @@ class EBOMLC(common.Method):
         apply = common.main_apply(self.main_model, state["main"]["batch_stats"])
         upper_batch, lower_clean = common.split_clean(clean_batch, self.clean_in_lower_loss)
         upper = bilevel.upper_objective(
-            upper_batch, apply, common.meta_fn(self.meta_model, keys[0]), self.rho, mixture)
-        lowers = [bilevel.lower_objective(noisy_batch, apply, common.meta_fn(self.meta_model, k),
-                                          lower_clean) for k in keys[1:]]
+            upper_batch, apply, common.meta_fn(self.meta_model, keys[0]), self.rho, mixture
+        )
+        lowers = [
+            bilevel.lower_objective(
+                noisy_batch, apply, common.meta_fn(self.meta_model, k), lower_clean
+            )
+            for k in keys[1:]
+        ]
         return upper, lowers
 
     def _paper_step(self, state, noisy_batch, clean_batch):
@@ -62,11 +68,13 @@ class EBOMLC(common.Method):
         still at w), so the two settings differ by exactly the inner step.
         """
         lr, keys, state = self.begin(state, 2)
-        upper, (lower,) = self._objectives(state, noisy_batch, clean_batch, keys,
-                                           bilevel.mixture_nll)
+        upper, (lower,) = self._objectives(
+            state, noisy_batch, clean_batch, keys, bilevel.mixture_nll
+        )
         w, alpha = state["main"]["params"], state["meta"]["params"]
         (d_main, d_meta), aux = bilevel.barrier_direction(
-            upper, lower, w, alpha, delta=self.delta, xi=self.xi, lr=lr)
+            upper, lower, w, alpha, delta=self.delta, xi=self.xi, lr=lr
+        )
         start = aux["inner_params"] if self.keep_inner_step else w
         state = self.update_main(state, d_main, aux["aux"]["apply"], start=start, decay_at=w)
         state = self.update_meta(state, d_meta)
@@ -81,17 +89,24 @@ class EBOMLC(common.Method):
         """
         lr, keys, state = self.begin(state, 3)
         upper, (lower, lower_inner) = self._objectives(
-            state, noisy_batch, clean_batch, keys, logit_probability_mixture)
+            state, noisy_batch, clean_batch, keys, logit_probability_mixture
+        )
         w, alpha = state["main"]["params"], state["meta"]["params"]
         trace = common.momentum_buffer(state["main_opt"])
         delta_of = lambda params, grads: common.sgd_delta(  # noqa: E731
-            params, grads, trace, lr, self.momentum, self.weight_decay)
+            params, grads, trace, lr, self.momentum, self.weight_decay
+        )
 
         f, _, (grad_f_main, grad_f_meta) = bilevel.value_and_grads(upper, w, alpha)
         u_f = delta_of(w, grad_f_main)
         q, (dq_main, dq_meta), info = bilevel.one_step_gap(
-            lower, w, alpha, lr, inner_step=lambda p, g: jax.tree.map(jnp.add, p, delta_of(p, g)),
-            lower_at_inner=lower_inner)
+            lower,
+            w,
+            alpha,
+            lr,
+            inner_step=lambda p, g: jax.tree.map(jnp.add, p, delta_of(p, g)),
+            lower_at_inner=lower_inner,
+        )
         w1 = info["inner_params"]
         sq = bilevel.tree_sq_norm((dq_main, dq_meta))
         alignment = bilevel.tree_vdot(dq_main, u_f)
@@ -102,14 +117,29 @@ class EBOMLC(common.Method):
         grad_meta = bilevel.tree_axpy(self.xi * beta, dq_meta, grad_f_meta)
         state = self.update_main(state, grad_main, info["aux"]["apply"], start=w1, decay_at=w1)
         state = self.update_meta(state, grad_meta)
-        aux = {**info, "F": f, "Q": q, "beta": beta, "alignment": alignment,
-               "grad_Q_norm": jnp.sqrt(sq),
-               "grad_F_norm": jnp.sqrt(bilevel.tree_sq_norm((grad_f_main, grad_f_meta)))}
+        aux = {
+            **info,
+            "F": f,
+            "Q": q,
+            "beta": beta,
+            "alignment": alignment,
+            "grad_Q_norm": jnp.sqrt(sq),
+            "grad_F_norm": jnp.sqrt(bilevel.tree_sq_norm((grad_f_main, grad_f_meta))),
+        }
         return state, self._measure(aux, lr, noisy_batch)
 
     def _measure(self, aux, lr, noisy_batch):
-        return {"G": aux["G"], "G_inner": aux["G_inner"], "F": aux["F"], "Q": aux["Q"],
-                "beta": aux["beta"], "xi_beta": self.xi * aux["beta"],
-                "grad_Q_norm": aux["grad_Q_norm"], "grad_F_norm": aux["grad_F_norm"],
-                "alignment": aux["alignment"], "lr": lr, "meta_lr": jnp.asarray(self.meta_lr),
-                **common.meta_accuracy(aux["aux"]["targets"], noisy_batch)}
+        return {
+            "G": aux["G"],
+            "G_inner": aux["G_inner"],
+            "F": aux["F"],
+            "Q": aux["Q"],
+            "beta": aux["beta"],
+            "xi_beta": self.xi * aux["beta"],
+            "grad_Q_norm": aux["grad_Q_norm"],
+            "grad_F_norm": aux["grad_F_norm"],
+            "alignment": aux["alignment"],
+            "lr": lr,
+            "meta_lr": jnp.asarray(self.meta_lr),
+            **common.meta_accuracy(aux["aux"]["targets"], noisy_batch),
+        }

@@ -27,18 +27,25 @@ class MLC(common.Method):
         apply = common.main_apply(self.main_model, state["main"]["batch_stats"])
         upper_batch, lower_clean = common.split_clean(clean_batch, self.clean_in_lower_loss)
         upper = bilevel.upper_objective(upper_batch, apply, None)
-        lower = bilevel.lower_objective(noisy_batch, apply, common.meta_fn(self.meta_model, key),
-                                        lower_clean)
+        lower = bilevel.lower_objective(
+            noisy_batch, apply, common.meta_fn(self.meta_model, key), lower_clean
+        )
         w, alpha = state["main"]["params"], state["meta"]["params"]
         trace = common.momentum_buffer(state["main_opt"])
         # The alpha-free part of the optimiser lookahead: -eta (mu b + lambda w).
-        shift = common.sgd_delta(w, jax.tree.map(jnp.zeros_like, w), trace, lr, self.momentum,
-                                 self.weight_decay)
-        d_meta, aux = bilevel.unrolled_hypergradient(upper, lower, w, alpha, lr=lr,
-                                                     lookahead_shift=shift)
+        shift = common.sgd_delta(
+            w, jax.tree.map(jnp.zeros_like, w), trace, lr, self.momentum, self.weight_decay
+        )
+        d_meta, aux = bilevel.unrolled_hypergradient(
+            upper, lower, w, alpha, lr=lr, lookahead_shift=shift
+        )
         state = self.update_main(state, aux["grad_G"], aux["aux"]["apply"])
         state = self.update_meta(state, d_meta)
-        return state, {"G": aux["G"], "F_lookahead": aux["F_lookahead"], "lr": lr,
-                       "meta_lr": jnp.asarray(self.meta_lr),
-                       "meta_grad_norm": jnp.sqrt(bilevel.tree_sq_norm(d_meta)),
-                       **common.meta_accuracy(aux["aux"]["targets"], noisy_batch)}
+        return state, {
+            "G": aux["G"],
+            "F_lookahead": aux["F_lookahead"],
+            "lr": lr,
+            "meta_lr": jnp.asarray(self.meta_lr),
+            "meta_grad_norm": jnp.sqrt(bilevel.tree_sq_norm(d_meta)),
+            **common.meta_accuracy(aux["aux"]["targets"], noisy_batch),
+        }

@@ -29,15 +29,25 @@ class MLCD(common.Method):
         apply = common.main_apply(self.main_model, state["main"]["batch_stats"])
         upper_batch, lower_clean = common.split_clean(clean_batch, self.clean_in_lower_loss)
         upper = bilevel.upper_objective(upper_batch, apply, None)
-        lower = bilevel.lower_objective(noisy_batch, apply, common.meta_fn(self.meta_model, key),
-                                        lower_clean)
+        lower = bilevel.lower_objective(
+            noisy_batch, apply, common.meta_fn(self.meta_model, key), lower_clean
+        )
         w, alpha = state["main"]["params"], state["meta"]["params"]
         (d_main, d_meta), aux = bilevel.barrier_direction(
-            upper, lower, w, alpha, delta=self.delta, xi=1.0, lr=lr, steps=self.k)
+            upper, lower, w, alpha, delta=self.delta, xi=1.0, lr=lr, steps=self.k
+        )
         state = self.update_main(state, d_main, aux["aux"]["apply"])
         state = self.update_meta(state, d_meta)
-        return state, {"G": aux["G"], "G_inner": aux["G_inner"], "F": aux["F"], "Q": aux["Q"],
-                       "beta": aux["beta"], "grad_Q_norm": aux["grad_Q_norm"],
-                       "grad_F_norm": aux["grad_F_norm"], "alignment": aux["alignment"],
-                       "lr": lr, "meta_lr": jnp.asarray(self.meta_lr),
-                       **common.meta_accuracy(aux["aux"]["targets"], noisy_batch)}
+        return state, {
+            "G": aux["G"],
+            "G_inner": aux["G_inner"],
+            "F": aux["F"],
+            "Q": aux["Q"],
+            "beta": aux["beta"],
+            "grad_Q_norm": aux["grad_Q_norm"],
+            "grad_F_norm": aux["grad_F_norm"],
+            "alignment": aux["alignment"],
+            "lr": lr,
+            "meta_lr": jnp.asarray(self.meta_lr),
+            **common.meta_accuracy(aux["aux"]["targets"], noisy_batch),
+        }

@@ -24,7 +24,7 @@ class BatchStatNorm(nn.Module):
 
 
 class MetaNet(nn.Module):
-    """emb(y) ++ stop_grad(h) -> Linear -> tanh -> Dropout -> Linear -> tanh -> BN -> Linear -> softmax.
+    """[stop_grad(h), emb(y)] -> Linear, tanh, Dropout, Linear, tanh, BN, Linear -> softmax.
 
     `dropout_rate=0` and `batch_norm=False` give microsoft/MLC's meta model.
     """
@@ -36,13 +36,21 @@ class MetaNet(nn.Module):
     batch_norm: bool = True
 
     @nn.compact
-    def __call__(self, features: jax.Array, labels: jax.Array, deterministic: bool = False
-                 ) -> jax.Array:
+    def __call__(
+        self, features: jax.Array, labels: jax.Array, deterministic: bool = False
+    ) -> jax.Array:
         dense = lambda n, name: nn.Dense(  # noqa: E731
-            n, kernel_init=nn.initializers.xavier_normal(), bias_init=nn.initializers.zeros,
-            name=name)
-        emb = nn.Embed(self.num_classes, self.embed_dim,
-                       embedding_init=nn.initializers.normal(1.0), name="label_embedding")(labels)
+            n,
+            kernel_init=nn.initializers.xavier_normal(),
+            bias_init=nn.initializers.zeros,
+            name=name,
+        )
+        emb = nn.Embed(
+            self.num_classes,
+            self.embed_dim,
+            embedding_init=nn.initializers.normal(1.0),
+            name="label_embedding",
+        )(labels)
         x = jnp.concatenate([jax.lax.stop_gradient(features), emb], axis=-1)
         x = jnp.tanh(dense(self.hidden_dim, "fc1")(x))
         if self.dropout_rate > 0:

@@ -1,4 +1,4 @@
-"""CIFAR ResNet (He et al. 2016, option-A shortcuts) returning logits and the pooled feature h(x)."""
+"""CIFAR ResNet (He et al. 2016, option-A shortcuts) returning logits and the pooled feature h."""
 
 from collections.abc import Sequence
 
@@ -31,10 +31,18 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         conv = lambda s, name: nn.Conv(  # noqa: E731
-            self.features, (3, 3), (s, s), padding=1, use_bias=False,
-            kernel_init=kaiming_normal, dtype=self.dtype, name=name)
+            self.features,
+            (3, 3),
+            (s, s),
+            padding=1,
+            use_bias=False,
+            kernel_init=kaiming_normal,
+            dtype=self.dtype,
+            name=name,
+        )
         norm = lambda name: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name)
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name
+        )
         y = nn.relu(norm("bn1")(conv(self.strides, "conv1")(x)))
         y = norm("bn2")(conv(1, "conv2")(y))
         shortcut = x
@@ -59,18 +67,37 @@ class CifarResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
         x = x.astype(self.dtype)
-        x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, kernel_init=kaiming_normal,
-                    dtype=self.dtype, name="conv")(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 dtype=self.dtype, name="bn")(x))
+        x = nn.Conv(
+            self.widths[0],
+            (3, 3),
+            padding=1,
+            use_bias=False,
+            kernel_init=kaiming_normal,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        x = nn.relu(
+            nn.BatchNorm(
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
+                name="bn",
+            )(x)
+        )
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(width, strides, self.dtype, name=f"stage{stage}_block{block}")(
-                    x, train)
+                    x, train
+                )
         features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-        logits = nn.Dense(self.num_classes, kernel_init=kaiming_normal,
-                          bias_init=torch_linear_bias(features.shape[-1]), name="head")(features)
+        logits = nn.Dense(
+            self.num_classes,
+            kernel_init=kaiming_normal,
+            bias_init=torch_linear_bias(features.shape[-1]),
+            name="head",
+        )(features)
         return logits, features
 
 

@@ -1,0 +1,347 @@
+"""Methods: parameter counts, the jitted steps, and each step against a computation by hand."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from ebomlc_jax import methods, models
+from ebomlc_jax.errors import ConfigError
+
+K = 4
+MU, WD = 0.9, 5e-4
+
+
+def tiny_models(dropout=0.3):
+    main = models.CifarResNet(K, blocks_per_stage=1, widths=(4, 8))
+    meta = models.MetaNet(K, embed_dim=8, hidden_dim=8, dropout_rate=dropout)
+    return main, meta
+
+
+def batches(seed=0, n=8, m=8, size=8):
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+    noisy = {
+        "image": jax.random.normal(k1, (n, size, size, 3)),
+        "label": jax.random.randint(k2, (n,), 0, K),
+        "true_label": jax.random.randint(k4, (n,), 0, K),
+    }
+    clean = {"image": jax.random.normal(k3, (m, size, size, 3)), "label": jnp.arange(m) % K}
+    return noisy, clean
+
+
+@functools.cache
+def build_and_jit(name, **kw):
+    """A method and its jitted step, compiled once per configuration for the whole module."""
+    main, meta = tiny_models(kw.pop("dropout", 0.3))
+    sched = optax.piecewise_constant_schedule(0.1, {3: 0.1})
+    method = methods.create(
+        name, main_model=main, meta_model=None if name == "ce" else meta, lr_schedule=sched, **kw
+    )
+    return method, jax.jit(method.step)
+
+
+def run_steps(name, n_steps, seed=0, **kw):
+    """(method, jitted step, state after n_steps, last measurements)."""
+    method, step = build_and_jit(name, **kw)
+    noisy, clean = batches(seed)
+    state = method.init(jax.random.key(seed), noisy["image"][:1])
+    meas = None
+    for i in range(n_steps):
+        noisy, clean = batches(seed + 100 + i)
+        state, meas = step(state, noisy, clean)
+    return method, step, state, meas
+
+
+def assert_trees_close(a, b, atol=1e-6, rtol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
+
+
+# ---------------------------------------------------------------- models
+@pytest.mark.parametrize("k,main_count,meta_count", [(10, 464_154, 44_042), (100, 470_004, 67_172)])
+def test_parameter_counts_match_the_reference(k, main_count, meta_count):
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    main = jax.eval_shape(
+        lambda: models.resnet32(k).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    )
+    meta = jax.eval_shape(
+        lambda: models.MetaNet(k).init(
+            {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+            jnp.zeros((2, 64)),
+            jnp.zeros((2,), jnp.int32),
+        )
+    )
+    assert count(main["params"]) == main_count
+    assert count(meta["params"]) == meta_count
+
+
+def test_resnet_shapes_and_untruncated_kaiming_init():
+    model = models.resnet32(10)
+    v = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))()
+    logits, feats = jax.jit(lambda x: model.apply(v, x, train=False))(jnp.ones((3, 8, 8, 1)))
+    assert logits.shape == (3, 10) and feats.shape == (3, 64)
+    kernel = np.asarray(v["params"]["stage2_block1"]["conv1"]["kernel"])  # 3x3x64x64
+    std = np.sqrt(2.0 / (3 * 3 * 64))
+    assert abs(kernel.std() / std - 1) < 0.02
+    assert np.abs(kernel).max() > 3 * std  # a 2-sigma truncated normal never gets here
+
+
+def test_meta_model_outputs_probabilities_and_stops_feature_gradients():
+    meta = models.MetaNet(10)
+    feats, labels = jnp.ones((5, 64)), jnp.arange(5)
+    v = meta.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, feats, labels)
+    p = meta.apply(v, feats, labels, rngs={"dropout": jax.random.key(2)})
+    np.testing.assert_allclose(np.asarray(p.sum(-1)), 1.0, rtol=1e-6)
+    g = jax.grad(lambda f: meta.apply(v, f, labels, rngs={"dropout": jax.random.key(2)})[0, 0])(
+        feats
+    )
+    assert not np.any(np.asarray(g))
+    emb = np.asarray(v["params"]["label_embedding"]["embedding"])
+    assert abs(emb.std() - 1) < 0.1  # N(0, 1), as PyTorch's nn.Embedding
+
+
+# ---------------------------------------------------------------- registry and steps
+def test_registry_rejects_unknown_names():
+    with pytest.raises(ConfigError, match="method.name='nope'.*ebomlc"):
+        methods.create("nope")
+    main, meta = tiny_models()
+    with pytest.raises(ConfigError, match="method.variant='paperr'.*reference"):
+        methods.create(
+            "ebomlc", main_model=main, meta_model=meta, lr_schedule=lambda s: 0.1, variant="paperr"
+        )
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("ce", {}),
+        ("ebomlc", {"keep_inner_step": True}),
+        ("ebomlc", {"variant": "reference", "q_as_optimizer_delta": True}),
+        ("mlc", {}),
+        ("mlc_d", {"k": 2, "delta": 0.5}),
+    ],
+)
+def test_jitted_steps_run_and_measure(name, kw):
+    method, _ = build_and_jit(name, **kw)
+    noisy, clean = batches()
+    state = method.init(jax.random.key(0), noisy["image"][:1])
+    before = jax.tree.map(np.asarray, {k: state[k] for k in ("main", "meta") if k in state})
+    step = jax.jit(method.step, donate_argnums=0)  # the donating form research code uses
+    for i in range(4):
+        state, meas = step(state, *batches(i))
+    assert int(state["step"]) == 4
+    assert float(meas["lr"]) == pytest.approx(0.01)  # the schedule decays at step 3
+    assert all(np.isfinite(float(v)) for v in meas.values())
+    after = {k: state[k] for k in before}
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, after)
+    assert all(jax.tree.leaves(changed["main"]["params"]))
+    if name != "ce":
+        assert {"G", "lr", "meta_lr", "meta_accuracy"} <= set(meas)
+        assert any(jax.tree.leaves(changed["meta"]["params"]))
+    if name in ("ebomlc", "mlc_d"):
+        assert {"F", "Q", "beta", "grad_Q_norm", "grad_F_norm"} <= set(meas)
+
+
+def test_ebomlc_step_compiles_on_resnet32_with_cifar_batches():
+    method = methods.create(
+        "ebomlc",
+        main_model=models.resnet32(10),
+        meta_model=models.MetaNet(10),
+        lr_schedule=optax.constant_schedule(0.1),
+    )
+    noisy, clean = batches(n=8, m=8, size=32)
+    noisy["label"], clean["label"] = noisy["label"] % 10, clean["label"] % 10
+    state = method.init(jax.random.key(0), noisy["image"][:1])
+    state, meas = jax.jit(method.step, donate_argnums=0)(state, noisy, clean)
+    assert np.isfinite(float(meas["F"])) and np.isfinite(float(meas["G"]))
+
+
+# ---------------------------------------------------------------- steps by hand
+def hand_setup(method, state, noisy, clean, num_keys):
+    """What every step starts from: lr, dropout keys, flat w / alpha and closures over them."""
+    _, key = jax.random.split(state["rng"])
+    keys = [jax.random.fold_in(key, i) for i in range(num_keys)]
+    lr = method.lr_schedule(state["step"])
+    w, unravel_w = ravel_pytree(state["main"]["params"])
+    a, unravel_a = ravel_pytree(state["meta"]["params"])
+    stats = state["main"]["batch_stats"]
+
+    def fwd(wv, images):
+        (logits, h), _ = method.main_model.apply(
+            {"params": unravel_w(wv), "batch_stats": stats}, images, train=True, mutable=True
+        )
+        return logits, h
+
+    def meta(av, h, y, k):
+        return method.meta_model.apply(
+            {"params": unravel_a(av)}, jax.lax.stop_gradient(h), y, rngs={"dropout": k}
+        )
+
+    def ce(logits, y):
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
+
+    half = clean["label"].shape[0] // 2
+    up = {k: v[:half] for k, v in clean.items()}
+    low = {k: v[half:] for k, v in clean.items()}
+
+    def G(wv, av, k):  # noisy soft CE mixed with the clean half, 8:4
+        logits, h = fwd(wv, noisy["image"])
+        t = meta(av, h, noisy["label"], k)
+        soft = -jnp.mean(jnp.sum(t * jax.nn.log_softmax(logits), -1))
+        n, m = len(noisy["label"]), len(low["label"])
+        return (n * soft + m * ce(fwd(wv, low["image"])[0], low["label"])) / (n + m)
+
+    buf, _ = ravel_pytree(optax.tree_utils.tree_get(state["main_opt"], "trace"))
+    return lr, keys, w, a, unravel_w, unravel_a, fwd, meta, ce, up, G, buf
+
+
+def check_main(new_state, expected_w, expected_buf, unravel_w):
+    assert_trees_close(new_state["main"]["params"], unravel_w(expected_w))
+    buf = optax.tree_utils.tree_get(new_state["main_opt"], "trace")
+    assert_trees_close(buf, unravel_w(expected_buf))
+
+
+def check_meta(method, state, new_state, grad_meta, unravel_a):
+    updates, _ = method.meta_tx.update(
+        unravel_a(grad_meta), state["meta_opt"], state["meta"]["params"]
+    )
+    assert_trees_close(
+        new_state["meta"]["params"], optax.apply_updates(state["meta"]["params"], updates)
+    )
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_reference_step_by_hand(branch):
+    """REFERENCE_NOTES 4, items 1-8, written out on flat vectors."""
+    method, step, state, _ = run_steps(  # two steps: a nonzero momentum buffer
+        "ebomlc", 2, variant="reference", q_as_optimizer_delta=branch, xi=0.5, delta=2.0
+    )
+    noisy, clean = batches(7)
+    lr, keys, w, a, unravel_w, unravel_a, fwd, meta, ce, up, G, buf = hand_setup(
+        method, state, noisy, clean, 3
+    )
+    rho = method.rho
+
+    def F(wv, av):  # logits mixed with probabilities (item 3)
+        logits, h = fwd(wv, up["image"])
+        return ce(rho * logits + (1 - rho) * meta(av, h, up["label"], keys[0]), up["label"])
+
+    gf_w, gf_a = jax.grad(F, argnums=(0, 1))(w, a)
+    u_f = -lr * (MU * buf + gf_w + WD * w)  # item 2
+    g0_w, g0_a = jax.grad(G, argnums=(0, 1))(w, a, keys[1])
+    w1 = w - lr * (MU * buf + g0_w + WD * w)  # item 7
+    g1_w, g1_a = jax.grad(G, argnums=(0, 1))(w1, a, keys[2])  # item 8: third mask
+    dq_w, dq_a = g0_w - g1_w, g0_a - g1_a
+    sq = dq_w @ dq_w + dq_a @ dq_a
+    lam = 0.5 * jax.nn.relu((2.0 * sq - dq_w @ u_f) / (sq + 1e-8))  # item 4
+    if branch:
+        dq_w = -lr * (MU * buf + dq_w + WD * w1)  # item 5
+    grad_main = lam * dq_w + u_f
+    new_buf = MU * buf + grad_main + WD * w1  # torch SGD step from w1 (item 1)
+    new_w = w1 - lr * new_buf
+
+    new_state, meas = step(state, noisy, clean)
+    check_main(new_state, new_w, new_buf, unravel_w)
+    check_meta(method, state, new_state, lam * dq_a + gf_a, unravel_a)
+    np.testing.assert_allclose(float(meas["xi_beta"]), float(lam), rtol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_paper_step_by_hand(keep):
+    """Algorithm 2 with the mixture of probabilities; one dropout mask for both G calls."""
+    method, step, state, _ = run_steps("ebomlc", 2, keep_inner_step=keep)
+    noisy, clean = batches(8)
+    lr, keys, w, a, unravel_w, unravel_a, fwd, meta, ce, up, G, buf = hand_setup(
+        method, state, noisy, clean, 2
+    )
+
+    def F(wv, av):
+        logits, h = fwd(wv, up["image"])
+        p = 0.2 * jax.nn.softmax(logits) + 0.8 * meta(av, h, up["label"], keys[0])
+        return -jnp.mean(jnp.log(p[jnp.arange(len(up["label"])), up["label"]]))
+
+    gf_w, gf_a = jax.grad(F, argnums=(0, 1))(w, a)
+    g0_w, g0_a = jax.grad(G, argnums=(0, 1))(w, a, keys[1])
+    w1 = w - lr * g0_w
+    g1_w, g1_a = jax.grad(G, argnums=(0, 1))(w1, a, keys[1])
+    dq_w, dq_a = g0_w - g1_w, g0_a - g1_a
+    beta = jnp.maximum(0.25 - gf_w @ dq_w / (dq_w @ dq_w + dq_a @ dq_a), 0.0)
+    d_w, d_a = gf_w + 0.5 * beta * dq_w, gf_a + 0.5 * beta * dq_a
+    new_buf = MU * buf + d_w + WD * w
+    new_w = (w1 if keep else w) - lr * new_buf
+
+    new_state, meas = step(state, noisy, clean)
+    check_main(new_state, new_w, new_buf, unravel_w)
+    check_meta(method, state, new_state, d_a, unravel_a)
+    np.testing.assert_allclose(float(meas["beta"]), float(beta), rtol=1e-5, atol=1e-7)
+
+
+def test_keep_inner_step_differs_exactly_by_the_inner_step():
+    on, step_on, state, _ = run_steps("ebomlc", 2, keep_inner_step=True)
+    _, step_off = build_and_jit("ebomlc", keep_inner_step=False)
+    noisy, clean = batches(9)
+    lr, keys, w, a, *_, G, _ = hand_setup(on, state, noisy, clean, 2)
+    inner = -lr * jax.grad(G)(w, a, keys[1])
+    s_on, _ = step_on(state, noisy, clean)
+    s_off, _ = step_off(state, noisy, clean)
+    diff = ravel_pytree(s_on["main"]["params"])[0] - ravel_pytree(s_off["main"]["params"])[0]
+    np.testing.assert_allclose(np.asarray(diff), np.asarray(inner), atol=2e-7)
+    assert np.abs(np.asarray(inner)).max() > 1e-3
+    for part in ("meta", "main_opt", "meta_opt"):  # equal up to the two programs' rounding
+        assert_trees_close(s_on[part], s_off[part], atol=1e-8, rtol=1e-6)
+
+
+def test_mlc_step_by_hand_with_a_double_backward():
+    """The JVP hypergradient equals PyTorch's double backward through the optimiser lookahead."""
+    method, step, state, _ = run_steps("mlc", 2)
+    noisy, clean = batches(10)
+    lr, keys, w, a, unravel_w, unravel_a, fwd, meta, ce, up, G, buf = hand_setup(
+        method, state, noisy, clean, 1
+    )
+    v = jax.grad(G)(w, a, keys[0])
+    w_prime = w - lr * (MU * buf + v + WD * w)
+    g_prime = jax.grad(lambda wv: ce(fwd(wv, up["image"])[0], up["label"]))(w_prime)
+    # MLC's proxy: -<grad_w G(w, alpha), eta g'>, differentiated in alpha by reverse over reverse.
+    d_meta = jax.grad(lambda av: -lr * jax.grad(G)(w, av, keys[0]) @ g_prime)(a)
+    new_buf = MU * buf + v + WD * w
+    new_state, _ = step(state, noisy, clean)
+    check_main(new_state, w - lr * new_buf, new_buf, unravel_w)
+    check_meta(method, state, new_state, d_meta, unravel_a)
+
+
+def test_mlcd_step_by_hand():
+    method, step, state, _ = run_steps("mlc_d", 2, k=2, delta=0.5)
+    noisy, clean = batches(11)
+    lr, keys, w, a, unravel_w, unravel_a, fwd, meta, ce, up, G, buf = hand_setup(
+        method, state, noisy, clean, 1
+    )
+    wk = w
+    for _ in range(2):
+        wk = wk - lr * jax.grad(G)(wk, a, keys[0])
+    g0_w, g0_a = jax.grad(G, argnums=(0, 1))(w, a, keys[0])
+    gk_w, gk_a = jax.grad(G, argnums=(0, 1))(wk, a, keys[0])
+    dq_w, dq_a = g0_w - gk_w, g0_a - gk_a
+    gf_w = jax.grad(lambda wv: ce(fwd(wv, up["image"])[0], up["label"]))(w)
+    sq = dq_w @ dq_w + dq_a @ dq_a
+    beta = jnp.maximum((0.5 * sq - gf_w @ dq_w) / sq, 0.0)
+    new_buf = MU * buf + gf_w + beta * dq_w + WD * w
+    new_state, _ = step(state, noisy, clean)
+    check_main(new_state, w - lr * new_buf, new_buf, unravel_w)
+    check_meta(method, state, new_state, beta * dq_a, unravel_a)
+
+
+def test_batch_stats_come_from_the_noisy_pass_at_w():
+    method, step, state, _ = run_steps("ebomlc", 2, keep_inner_step=True)
+    noisy, clean = batches(12)
+    _, updates = method.main_model.apply(
+        {"params": state["main"]["params"], "batch_stats": state["main"]["batch_stats"]},
+        noisy["image"],
+        train=True,
+        mutable=["batch_stats"],
+    )
+    new_state, _ = step(state, noisy, clean)
+    assert_trees_close(new_state["main"]["batch_stats"], updates["batch_stats"])
