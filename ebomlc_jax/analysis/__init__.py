@@ -1,0 +1,25 @@
+"""Tables (paper layout) and figures from run directories; imports neither jax nor tensorflow."""
+
+import importlib
+
+from ebomlc_jax.analysis.runs import Run, find_run_dirs, find_runs, load_run
+
+# figures/tables load lazily: importing them here would make `python -m
+# ebomlc_jax.analysis.figures` warn (module already in sys.modules) and pull in matplotlib.
+_LAZY = {
+    "training_curves": "figures",
+    "correction_heatmap": "figures",
+    "row_normalise": "figures",
+    "write_figures": "figures",
+    "paper_table": "tables",
+}
+
+__all__ = ["Run", "find_run_dirs", "find_runs", "load_run", *_LAZY]
+
+
+def __getattr__(name: str):
+    """The figures/tables functions, imported on first use."""
+    if name in _LAZY:
+        module = importlib.import_module(f"ebomlc_jax.analysis.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

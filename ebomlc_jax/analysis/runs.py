@@ -1,0 +1,236 @@
+"""Reading run directories: metrics.jsonl, summary.json and meta_confusion.json into a `Run`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFUSION = "meta_confusion.json"
+
+# Only these prefixes make up the per-epoch table; `train/` keys are per-step series.
+EPOCH_PREFIXES = ("eval/", "train_epoch/")
+STEP_PREFIX = "train/"
+EPOCH_KEY = "eval/epoch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run directory: its label, summary, per-epoch scalars and meta-model confusion counts.
+
+    `epochs[i]` is the 1-based epoch of row i of every `history[key]` (NaN where the key was not
+    logged that epoch); `steps[i]` is the training step at which that epoch was evaluated.
+    `step_series[key]` holds (steps, values) for the per-step `train/` scalars.
+    Accuracies are fractions in [0, 1], as the training loop logs them.
+    """
+
+    path: pathlib.Path
+    label: str
+    summary: dict[str, Any] | None
+    epochs: np.ndarray
+    steps: np.ndarray
+    history: dict[str, np.ndarray]
+    step_series: dict[str, tuple[np.ndarray, np.ndarray]]
+    confusion: np.ndarray | None
+    confusion_epoch: int | None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run wrote its summary.json."""
+        return self.summary is not None
+
+    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(epochs, values) of a per-epoch scalar, epochs where it is missing dropped."""
+        if key not in self.history:
+            return np.zeros(0, np.int64), np.zeros(0)
+        values = self.history[key]
+        keep = ~np.isnan(values)
+        return self.epochs[keep], values[keep]
+
+    def correction_accuracy(self) -> float | None:
+        """Fraction of D' whose meta-model argmax is the true label, from the confusion counts."""
+        if self.confusion is None or self.confusion.sum() == 0:
+            return None
+        return float(np.trace(self.confusion) / self.confusion.sum())
+
+
+def _scalar(value: Any, path: pathlib.Path, lineno: int, key: str) -> float:
+    """A metric value as float; None (a logged NaN in some writers) reads as NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{path}:{lineno}: value of {key!r} is {value!r}, not a number")
+    return float(value)
+
+
+def read_metrics(path: str | pathlib.Path) -> dict[int, dict[str, tuple[int, float]]]:
+    """step -> key -> (line number of its last write, value); the last (step, key) write wins."""
+    path = pathlib.Path(path)
+    text = path.read_text()
+    lines = text.split("\n")
+    by_step: dict[int, dict[str, tuple[int, float]]] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            # A run killed mid-write leaves a cut final line with no newline; the rest is good.
+            if lineno == len(lines) and not text.endswith("\n"):
+                warnings.warn(
+                    f"{path}:{lineno}: skipping a truncated last line ({e})", stacklevel=2
+                )
+                continue
+            raise ValueError(
+                f"{path}:{lineno}: malformed line, not JSON ({e}): {line[:80]!r}"
+            ) from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: malformed line, not a JSON object: {line[:80]!r}")
+        step = record.pop("step", None)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"{path}:{lineno}: malformed line, 'step' is {step!r}, not an int")
+        entry = by_step.setdefault(step, {})
+        for key, value in record.items():
+            entry[key] = (lineno, _scalar(value, path, lineno, key))
+    return by_step
+
+
+def _epoch_table(
+    by_step: Mapping[int, Mapping[str, tuple[int, float]]], path: pathlib.Path
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(epochs, steps, key -> per-epoch values) from the steps that carry `eval/epoch`."""
+    rows: dict[int, tuple[int, int, dict[str, float]]] = {}  # epoch -> (line, step, scalars)
+    for step, entry in by_step.items():
+        if EPOCH_KEY not in entry:
+            continue
+        lineno, epoch = entry[EPOCH_KEY]
+        if not float(epoch).is_integer():
+            raise ValueError(f"{path}:{lineno}: malformed line, {EPOCH_KEY} is {epoch}")
+        # After a resume with another step count the same epoch can sit at two steps: the later
+        # write in the file is the one the finished run stands by.
+        if int(epoch) not in rows or rows[int(epoch)][0] < lineno:
+            scalars = {k: v for k, (_, v) in entry.items() if k.startswith(EPOCH_PREFIXES)}
+            rows[int(epoch)] = (lineno, step, scalars)
+    epochs = np.array(sorted(rows), dtype=np.int64)
+    steps = np.array([rows[e][1] for e in epochs], dtype=np.int64)
+    keys = sorted({k for row in rows.values() for k in row[2]} - {EPOCH_KEY})
+    history = {k: np.array([rows[e][2].get(k, math.nan) for e in epochs]) for k in keys}
+    return epochs, steps, history
+
+
+def _step_series(
+    by_step: Mapping[int, Mapping[str, tuple[int, float]]],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """key -> (steps, values) for every per-step `train/` scalar, in step order."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for step in sorted(by_step):
+        for key, (_, value) in by_step[step].items():
+            if key.startswith(STEP_PREFIX):
+                series.setdefault(key, []).append((step, value))
+    return {
+        k: (np.array([s for s, _ in v], np.int64), np.array([x for _, x in v]))
+        for k, v in series.items()
+    }
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    """A JSON object from `path`; ValueError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: malformed JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_confusion(path: pathlib.Path) -> tuple[np.ndarray, int | None]:
+    """(K x K counts, epoch) from meta_confusion.json."""
+    data = _read_json(path)
+    counts = np.asarray(data.get("counts"), dtype=np.float64)
+    k = data.get("num_classes", counts.shape[0] if counts.ndim else None)
+    if counts.ndim != 2 or counts.shape != (k, k):
+        raise ValueError(f"{path}: 'counts' has shape {counts.shape}, expected ({k}, {k})")
+    if (counts < 0).any():
+        raise ValueError(f"{path}: 'counts' has negative entries")
+    epoch = data.get("epoch")
+    return counts, (int(epoch) if epoch is not None else None)
+
+
+def run_label(summary: Mapping[str, Any] | None, path: pathlib.Path) -> str:
+    """'method/variant kind-rate seed s' from a summary; the directory name for unfinished runs."""
+    if summary is None:
+        # seed_<s> alone says nothing about which experiment it belongs to.
+        name = (
+            f"{path.parent.name}/{path.name}" if re.fullmatch(r"seed_\d+", path.name) else path.name
+        )
+        return f"{name} (unfinished)"
+    method = str(summary.get("method", "?"))
+    if summary.get("variant"):
+        method = f"{method}/{summary['variant']}"
+    rate = summary.get("noise_rate")
+    setting = f"{summary.get('noise_kind', '?')}-{rate:g}" if rate is not None else "?"
+    return f"{method} {setting} seed {summary.get('seed', '?')}"
+
+
+def load_run(path: str | pathlib.Path) -> Run:
+    """Reads one run directory; ValueError naming the path if metrics.jsonl is missing or bad."""
+    path = pathlib.Path(path)
+    metrics = path / METRICS
+    if not metrics.is_file():
+        raise ValueError(f"{path}: not a run directory (no {METRICS})")
+    by_step = read_metrics(metrics)
+    epochs, steps, history = _epoch_table(by_step, metrics)
+    summary = _read_json(path / SUMMARY) if (path / SUMMARY).is_file() else None
+    confusion, confusion_epoch = (
+        _read_confusion(path / CONFUSION) if (path / CONFUSION).is_file() else (None, None)
+    )
+    return Run(
+        path=path,
+        label=run_label(summary, path),
+        summary=summary,
+        epochs=epochs,
+        steps=steps,
+        history=history,
+        step_series=_step_series(by_step),
+        confusion=confusion,
+        confusion_epoch=confusion_epoch,
+    )
+
+
+def _natural_key(path: pathlib.Path) -> list[Any]:
+    """Sort key putting seed_2 before seed_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def find_run_dirs(paths: Iterable[str | pathlib.Path]) -> list[pathlib.Path]:
+    """Each path if it holds metrics.jsonl, plus its subdirectories that do (e.g. seed_<s>/)."""
+    found: list[pathlib.Path] = []
+    seen: set[pathlib.Path] = set()
+    for path in map(pathlib.Path, paths):
+        if not path.is_dir():
+            raise ValueError(f"{path}: no such run directory")
+        subdirs = sorted((p for p in path.iterdir() if p.is_dir()), key=_natural_key)
+        dirs = [d for d in [path, *subdirs] if (d / METRICS).is_file()]
+        if not dirs:
+            raise ValueError(f"{path}: no {METRICS} in it or in its subdirectories")
+        for d in dirs:
+            # The same run passed twice (as parent and as seed_<s>/) must count once.
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                found.append(d)
+    return found
+
+
+def find_runs(paths: Iterable[str | pathlib.Path]) -> list[Run]:
+    """Loads every run under `paths` (see find_run_dirs), in the order given."""
+    return [load_run(d) for d in find_run_dirs(paths)]

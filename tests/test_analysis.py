@@ -1,0 +1,279 @@
+"""Analysis: run directories parse (resume duplicates, seed_<s>/), figures render, tables add up."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from ebomlc_jax.analysis import figures, runs, tables
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _eval_line(step, epoch, acc, clean_loss, meta=True):
+    line = {
+        "step": step,
+        "eval/epoch": epoch,
+        "eval/test_accuracy": acc,
+        "eval/clean_accuracy": acc + 0.05,
+        "eval/clean_loss": clean_loss,
+        "train_epoch/F": clean_loss + 0.1,
+        "train_epoch/lr": 0.1,
+    }
+    if meta:
+        line |= {"eval/meta_correction_accuracy": 0.7, "train_epoch/G": 2.0 - 0.1 * epoch}
+    return line
+
+
+def write_run(
+    path,
+    *,
+    method="ebomlc",
+    variant="paper",
+    kind="uniform",
+    rate=0.4,
+    seed=0,
+    dataset="cifar10",
+    accs=(0.5, 0.6, 0.7),
+    best=None,
+    wall=100.0,
+    counts=None,
+    summary=True,
+    resume=False,
+    steps_per_epoch=10,
+):
+    """A run directory in train.py's format; with `resume`, epoch 2 onwards is logged twice."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = method != "ce"
+    lines = []
+    for e, acc in enumerate(accs, start=1):
+        step = e * steps_per_epoch
+        lines.append({"step": step - 5, "train/G": 2.0, "train/F": 1.0, "train/beta": 0.1})
+        lines.append(_eval_line(step, e, acc if not resume else acc - 0.2, 1.0 / e, meta))
+    if resume:
+        # Killed after epoch 3, restarted from the epoch-1 checkpoint: epochs 2-3 are rewritten.
+        for e, acc in enumerate(accs[1:], start=2):
+            step = e * steps_per_epoch
+            lines.append({"step": step - 5, "train/G": 3.0, "train/F": 1.0, "train/beta": 0.2})
+            lines.append(_eval_line(step, e, acc, 1.0 / e, meta))
+        # Epoch 1 is not rewritten, so it keeps its first value.
+        lines[1]["eval/test_accuracy"] = accs[0]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if summary:
+        best = accs[-1] if best is None else best
+        (path / "summary.json").write_text(
+            json.dumps(
+                {
+                    "method": method,
+                    "variant": variant,
+                    "dataset": dataset,
+                    "noise_kind": kind,
+                    "noise_rate": rate,
+                    "seed": seed,
+                    "final_test_accuracy": accs[-1],
+                    "test_accuracy_at_best_clean": best,
+                    "best_clean_epoch": len(accs),
+                    "best_clean_accuracy": 0.9,
+                    "wall_time_s": wall,
+                    "steps_per_sec": 10.0,
+                    "realised_noise_rate": rate,
+                    "config": {},
+                }
+            )
+        )
+    if counts is not None:
+        counts = np.asarray(counts)
+        (path / "meta_confusion.json").write_text(
+            json.dumps({"epoch": len(accs), "num_classes": len(counts), "counts": counts.tolist()})
+        )
+    return path
+
+
+def test_load_run_epochs_and_last_duplicate_wins(tmp_path):
+    run = runs.load_run(write_run(tmp_path / "r", accs=(0.5, 0.6, 0.7), resume=True))
+    np.testing.assert_array_equal(run.epochs, [1, 2, 3])
+    np.testing.assert_array_equal(run.steps, [10, 20, 30])
+    # The resumed (later) lines win for epochs 2-3; the first write of epoch 1 stays.
+    np.testing.assert_allclose(run.history["eval/test_accuracy"], [0.5, 0.6, 0.7])
+    np.testing.assert_allclose(run.history["eval/clean_loss"], [1.0, 0.5, 1 / 3])
+    np.testing.assert_allclose(run.history["train_epoch/G"], [1.9, 1.8, 1.7])
+    assert "train/G" not in run.history and "eval/epoch" not in run.history
+    steps, g = run.step_series["train/G"]
+    np.testing.assert_array_equal(steps, [5, 15, 25])
+    np.testing.assert_allclose(g, [2.0, 3.0, 3.0])
+    assert run.label == "ebomlc/paper uniform-0.4 seed 0"
+    assert run.finished and run.confusion is None
+
+
+def test_epoch_missing_a_key_is_nan_and_curve_drops_it(tmp_path):
+    path = write_run(tmp_path / "r", accs=(0.5, 0.6))
+    with open(path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 30, "eval/epoch": 3, "eval/test_accuracy": 0.8}) + "\n")
+    run = runs.load_run(path)
+    assert np.isnan(run.history["eval/clean_loss"][2])
+    epochs, values = run.curve("eval/clean_loss")
+    np.testing.assert_array_equal(epochs, [1, 2])
+    np.testing.assert_allclose(values, [1.0, 0.5])
+    assert run.curve("eval/nothing")[0].size == 0
+
+
+def test_find_runs_seed_layout_and_unfinished(tmp_path):
+    for seed in (10, 2, 0):
+        write_run(tmp_path / "exp" / f"seed_{seed}", seed=seed, summary=seed != 10)
+    (tmp_path / "exp" / "plots").mkdir()
+    found = runs.find_runs([tmp_path / "exp", tmp_path / "exp" / "seed_2"])
+    assert [r.path.name for r in found] == ["seed_0", "seed_2", "seed_10"]
+    assert found[1].label == "ebomlc/paper uniform-0.4 seed 2"
+    assert found[2].label == "exp/seed_10 (unfinished)" and not found[2].finished
+
+
+def test_missing_metrics_error_names_path(tmp_path):
+    (tmp_path / "empty" / "seed_0").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"empty.*no metrics\.jsonl"):
+        runs.load_run(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"empty: no metrics\.jsonl in it or in its subdir"):
+        runs.find_runs([tmp_path / "empty"])
+    with pytest.raises(ValueError, match="no such run directory"):
+        runs.find_runs([tmp_path / "absent"])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('{"step": 7, "eval/epoch": ', "malformed line, not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"eval/epoch": 1}', "'step' is None"),
+        ('{"step": 3, "train/G": "high"}', "value of 'train/G' is 'high'"),
+    ],
+)
+def test_malformed_line_error_gives_line_number(tmp_path, bad, message):
+    path = write_run(tmp_path / "r", accs=(0.5,))  # 2 lines
+    with open(path / "metrics.jsonl", "a") as f:
+        f.write("\n" + bad + "\n" + json.dumps({"step": 99, "train/G": 1.0}) + "\n")
+    with pytest.raises(ValueError, match=rf"metrics\.jsonl:4: .*{message}"):
+        runs.load_run(path)
+
+
+def test_truncated_last_line_of_a_killed_run_is_skipped(tmp_path):
+    path = write_run(tmp_path / "r", accs=(0.5, 0.6), summary=False)
+    with open(path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 25, "train/G": 1.')
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl:5: skipping a truncated last line"):
+        run = runs.load_run(path)
+    np.testing.assert_array_equal(run.epochs, [1, 2])
+
+
+def test_heatmap_is_row_normalised(tmp_path):
+    counts = [[8, 2, 0], [1, 1, 2], [0, 0, 0]]
+    run = runs.load_run(write_run(tmp_path / "r", counts=counts))
+    shown = figures.correction_heatmap(run, tmp_path / "h.png")
+    np.testing.assert_allclose(shown, [[0.8, 0.2, 0.0], [0.25, 0.25, 0.5], [0.0, 0.0, 0.0]])
+    assert run.correction_accuracy() == pytest.approx(9 / 14)
+    assert run.confusion_epoch == 3
+    assert mpimg.imread(tmp_path / "h.png").shape[0] > 200
+
+
+def test_heatmap_without_confusion_raises(tmp_path):
+    run = runs.load_run(write_run(tmp_path / "r", method="ce", variant=None))
+    with pytest.raises(ValueError, match="no meta_confusion.json"):
+        figures.correction_heatmap(run, tmp_path / "h.png")
+
+
+def test_figures_cli_writes_readable_pngs(tmp_path, capsys):
+    a = write_run(tmp_path / "a", counts=np.eye(10) * 9 + 1)
+    k100 = np.ones((100, 100))
+    write_run(tmp_path / "b" / "seed_0", method="mlc_d", variant=None, counts=k100)
+    ce = write_run(tmp_path / "c", method="ce", variant=None)
+    assert figures.main([str(a), str(tmp_path / "b"), str(ce), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.split()
+    expected = ["curves.png", "heatmap_ebomlc_paper_uniform-0.4_seed_0.png",
+                "heatmap_mlc_d_uniform-0.4_seed_0.png"]  # fmt: skip
+    assert printed == [str(tmp_path / "out" / name) for name in expected]
+    for path in printed:
+        image = mpimg.imread(path)
+        assert image.shape[0] > 300 and image.shape[1] > 300 and image.std() > 0
+    curves = mpimg.imread(printed[0])
+
+    # Other data, other picture; default --out is the first run directory.
+    write_run(a, accs=(0.2, 0.9, 0.3), counts=np.eye(10))
+    assert figures.main([str(a), str(tmp_path / "b"), str(ce)]) == 0
+    assert capsys.readouterr().out.split()[0] == str(a / "curves.png")
+    changed = mpimg.imread(a / "curves.png")
+    assert changed.shape != curves.shape or not np.array_equal(changed, curves)
+
+
+def test_figures_cli_reports_bad_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        figures.main([str(tmp_path)])
+    assert e.value.code == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_paper_table_means_stds_and_column_order(tmp_path):
+    for seed, acc in enumerate((0.88, 0.89, 0.90)):
+        write_run(tmp_path / f"e40_{seed}", seed=seed, best=acc, wall=100.0)
+    write_run(tmp_path / "ef20", kind="flip", rate=0.2, best=0.9123, wall=200.0)
+    write_run(tmp_path / "pair", kind="pair", rate=0.3, best=0.5, wall=150.0)
+    for seed, acc in enumerate((0.60, 0.64)):
+        write_run(
+            tmp_path / f"m{seed}", method="mlc_d", variant=None, seed=seed, best=acc, wall=450.0
+        )
+    write_run(tmp_path / "ce0", method="ce", variant=None, rate=0.0, best=0.93, wall=50.0)
+    write_run(tmp_path / "c100", dataset="cifar100", best=0.58, wall=10.0)
+    write_run(tmp_path / "unfinished", summary=False)
+    text = tables.paper_table(runs.find_runs(sorted(tmp_path.iterdir())))
+
+    lines = text.splitlines()
+    c10 = lines[lines.index("### cifar10 (paper Table I)") + 2 :]
+    header = [c.strip() for c in c10[0].strip("|").split("|")]
+    assert header == ["Method", "uniform-0%", "uniform-20%", "uniform-40%", "uniform-60%",
+                      "uniform-80%", "flip-20%", "flip-40%", "pair-30%",
+                      "Training Time (× ebomlc/paper)"]  # fmt: skip
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in c10[2:5]}
+    assert list(rows) == ["ce", "mlc_d", "ebomlc/paper"]
+    assert rows["ebomlc/paper"][3] == "89.00 ± 1.00 (n=3)"
+    assert rows["ebomlc/paper"][6] == "91.23 (n=1)"
+    assert rows["ebomlc/paper"][8] == "50.00 (n=1)"
+    assert rows["ebomlc/paper"][9] == "1.00×"  # its own mean: (3 * 100 + 200 + 150) / 5 = 130
+    assert rows["mlc_d"][3] == f"62.00 ± {np.std([60, 64], ddof=1):.2f} (n=2)"
+    assert rows["mlc_d"][9] == f"{450 / 130:.2f}×"
+    assert rows["ce"][1] == "93.00 (n=1)" and rows["ce"][2] == "–"
+    assert "### cifar100 (paper Table II)" in lines
+    assert "unfinished (unfinished: no summary.json)" in text
+    assert "(paper" not in "".join(c10[2:5])
+
+
+def test_paper_table_with_paper_rows(tmp_path):
+    write_run(tmp_path / "e", variant="paper", best=0.9)
+    write_run(tmp_path / "r", variant="reference", best=0.91)
+    write_run(tmp_path / "m", method="mlc", variant=None, best=0.86)
+    text = tables.paper_table(runs.find_runs(sorted(tmp_path.iterdir())), with_paper=True)
+    names = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert names == ["Method", "mlc", "*MLC (paper, Table I)*", "ebomlc/paper", "ebomlc/reference",
+                     "*EBOMLC (paper, Table I)*"]  # fmt: skip
+    ebomlc_paper = next(line for line in text.splitlines() if "EBOMLC (paper" in line)
+    assert "| 92.92 | 92.18 | 89.58 | 83.51 | 76.02 | 90.74 | 90.54 | 1.00× |" in ebomlc_paper
+
+
+def test_cli_modules_run_without_jax(tmp_path):
+    write_run(tmp_path / "exp" / "seed_0")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "t.md"
+    cmd = [sys.executable, "-W", "error::RuntimeWarning", "-m", "ebomlc_jax.analysis.tables"]
+    done = subprocess.run(
+        [*cmd, str(tmp_path / "exp"), "--with-paper", "--out", str(out)],
+        env=env, cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout == out.read_text() and "89.58" in done.stdout
+    check = (
+        "import sys, ebomlc_jax.analysis as a, matplotlib; a.paper_table; a.training_curves; "
+        "assert not {'jax', 'tensorflow'} & set(sys.modules), 'imported jax or tensorflow'; "
+        "assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()"
+    )
+    subprocess.run([sys.executable, "-c", check], env=env, cwd=REPO, check=True)
