@@ -1,4 +1,4 @@
-"""Figures from run directories: training curves (paper Fig. 1/4/5), correction heatmaps (Fig. 2/6).
+"""The paper's figures from run directories: training curves (Fig. 1/4/5), heatmaps (Fig. 2/6).
 
 python -m ebomlc_jax.analysis.figures RUN_DIR [RUN_DIR ...] [--out DIR]
 """

@@ -3,7 +3,6 @@
 import dataclasses
 from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
 
 from ebomlc_jax import bilevel
@@ -18,16 +17,10 @@ class CE(common.Method):
 
     uses_meta: ClassVar[bool] = False
 
-    def step(self, state, noisy_batch, clean_batch):
+    def _step(self, state, noisy_batch, clean_batch):
         lr, _, state = self.begin(state, 0)
-        images = jnp.concatenate([noisy_batch["image"], clean_batch["image"]])
-        labels = jnp.concatenate([noisy_batch["label"], clean_batch["label"]])
-        apply = common.main_apply(self.main_model, state["main"]["batch_stats"])
-
-        def loss_fn(params):
-            logits, _, stats = apply(params, images)
-            return bilevel.cross_entropy(logits, labels), stats
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["main"]["params"])
-        state = self.update_main(state, grads, stats)
+        both = {k: jnp.concatenate([noisy_batch[k], clean_batch[k]]) for k in ("image", "label")}
+        objective = bilevel.upper_objective(both, self.apply_fn(state), None)  # Eq. 2 on both
+        loss, aux, (grads, _) = bilevel.value_and_grads(objective, state["main"]["params"], None)
+        state = self.update_main(state, grads, aux["apply"])
         return state, {"loss": loss, "lr": lr}

@@ -1,6 +1,7 @@
 """Machinery every method shares: state, optimisers, model adapters, the released SGD lookahead."""
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -10,12 +11,12 @@ import jax.numpy as jnp
 import optax
 
 from ebomlc_jax import bilevel
+from ebomlc_jax.data.pipeline import split_clean_batch
 from ebomlc_jax.errors import ConfigError
 
 PyTree = Any
-State = dict[
-    str, Any
-]  # {"step", "rng", "main": {"params", "batch_stats"}, "meta", "main_opt", ...}
+# {"step", "rng", "main": {"params", "batch_stats"}, "main_opt", ["meta": {"params"}, "meta_opt"]}
+State = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 Measurements = dict[str, jax.Array]
 
@@ -55,20 +56,45 @@ def sgd_delta(
 
 def split_clean(clean_batch: Batch, into_lower: bool) -> tuple[Batch, Batch | None]:
     """(upper batch, lower batch): halves when the clean batch is also mixed into G."""
-    if not into_lower:
-        return clean_batch, None
-    half = clean_batch["label"].shape[0] // 2
-    first = {k: v[:half] for k, v in clean_batch.items()}
-    second = {k: v[half:] for k, v in clean_batch.items()}
-    return first, second
+    return split_clean_batch(clean_batch) if into_lower else (clean_batch, None)
 
 
-def main_apply(model: nn.Module, batch_stats: PyTree) -> bilevel.MainApply:
+def without_axis(model: nn.Module | None) -> nn.Module | None:
+    """The same model outside any pmap (evaluation, init): its collective axis names removed."""
+    for field in ("bn_axis_name", "axis_name"):
+        if getattr(model, field, None) is not None:
+            return model.clone(**{field: None})
+    return model
+
+
+def reduce_grad(tree: PyTree, axis_name: str | None) -> PyTree:
+    """Identity whose cotangent is averaged over `axis_name` (pmap data parallelism).
+
+    Parameters pass through it before every model call, so every gradient the bilevel math
+    takes is the global-batch gradient without a collective in bilevel.py.
+    """
+    return tree if axis_name is None else _reduce_grad(tree, axis_name)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _reduce_grad(tree, axis_name):
+    return tree
+
+
+@_reduce_grad.defjvp
+def _reduce_grad_jvp(axis_name, primals, tangents):
+    # Replicated tangents are unchanged by the pmean; its transpose averages the cotangents.
+    return primals[0], jax.lax.pmean(tangents[0], axis_name)
+
+
+def main_apply(
+    model: nn.Module, batch_stats: PyTree, axis_name: str | None = None
+) -> bilevel.MainApply:
     """Training-mode main model: (logits, features, updated batch_stats) from fixed input stats."""
 
     def apply(params: PyTree, images: jax.Array):
         (logits, features), updates = model.apply(
-            {"params": params, "batch_stats": batch_stats},
+            {"params": reduce_grad(params, axis_name), "batch_stats": batch_stats},
             images,
             train=True,
             mutable=["batch_stats"],
@@ -78,12 +104,14 @@ def main_apply(model: nn.Module, batch_stats: PyTree) -> bilevel.MainApply:
     return apply
 
 
-def meta_fn(model: nn.Module, dropout_key: jax.Array | None) -> bilevel.MetaFn:
-    """Meta model in training mode (dropout with this key, batch-statistics BN)."""
+def meta_fn(
+    model: nn.Module, dropout_key: jax.Array | None, axis_name: str | None = None
+) -> bilevel.MetaFn:
+    """Meta model in training mode: dropout with this key (None: off), batch-statistics BN."""
 
     def fn(params: PyTree, features: jax.Array, labels: jax.Array) -> jax.Array:
         return model.apply(
-            {"params": params},
+            {"params": reduce_grad(params, axis_name)},
             features,
             labels,
             deterministic=dropout_key is None,
@@ -107,12 +135,20 @@ class Method:
     weight_decay: float = 5e-4
     meta_lr: float = 3e-4
     clean_in_lower_loss: bool = True
+    axis_name: str | None = None  # pmap axis; the models must be built with the same one
 
     uses_meta: ClassVar[bool] = True
 
     def __post_init__(self):
         if self.uses_meta and self.meta_model is None:
             raise ConfigError(f"method {type(self).__name__} needs a meta model (meta_model=None)")
+        for model in (self.main_model, self.meta_model):
+            name = getattr(model, "bn_axis_name", getattr(model, "axis_name", None))
+            if model is not None and name != self.axis_name:
+                raise ConfigError(
+                    f"{type(model).__name__} has axis name {name!r} but the method has "
+                    f"{self.axis_name!r}: build both for the same parallel mode"
+                )
 
     @property
     def main_tx(self) -> optax.GradientTransformation:
@@ -137,7 +173,7 @@ class Method:
             _, features = jax.eval_shape(
                 lambda: self.main_model.apply(variables, sample_images, train=False)
             )
-            meta_vars = self.meta_model.init(
+            meta_vars = without_axis(self.meta_model).init(
                 {"params": k_meta, "dropout": k_drop},
                 jnp.zeros(features.shape, features.dtype),
                 jnp.zeros(features.shape[:1], jnp.int32),
@@ -153,6 +189,14 @@ class Method:
         keys = [jax.random.fold_in(key, i) for i in range(num_keys)]
         return self.lr_schedule(state["step"]), keys, {**state, "rng": rng}
 
+    def apply_fn(self, state: State) -> bilevel.MainApply:
+        """The training-mode main model from this step's input BN statistics."""
+        return main_apply(self.main_model, state["main"]["batch_stats"], self.axis_name)
+
+    def meta_fn(self, key: jax.Array | None) -> bilevel.MetaFn:
+        """The training-mode meta model with dropout key `key`."""
+        return meta_fn(self.meta_model, key, self.axis_name)
+
     def update_meta(self, state: State, grad_meta: PyTree) -> State:
         """One AMSGrad step of the meta model along `grad_meta`."""
         updates, opt = self.meta_tx.update(grad_meta, state["meta_opt"], state["meta"]["params"])
@@ -167,7 +211,7 @@ class Method:
         start: PyTree | None = None,
         decay_at: PyTree | None = None,
     ) -> State:
-        """One momentum-SGD step along `grad_main`, applied to `start` (default: the current w).
+        """One momentum-SGD step along `grad_main`, added to `start` (default: the current w).
 
         Weight decay uses `decay_at` (default: the current w).
         """
@@ -187,16 +231,21 @@ class Method:
         self, state: State, noisy_batch: Batch, clean_batch: Batch
     ) -> tuple[State, Measurements]:
         """One training step; returns the new state and scalar measurements."""
+        state, measurements = self._step(state, noisy_batch, clean_batch)
+        if self.axis_name is not None:  # per-device losses -> global-batch values
+            measurements = jax.lax.pmean(measurements, self.axis_name)
+        return state, measurements
+
+    def _step(
+        self, state: State, noisy_batch: Batch, clean_batch: Batch
+    ) -> tuple[State, Measurements]:
         raise NotImplementedError
 
     # -- evaluation
     def predict(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Eval-mode (running BN statistics) logits and features of the main model."""
-        return self.main_model.apply(
-            {"params": state["main"]["params"], "batch_stats": state["main"]["batch_stats"]},
-            images,
-            train=False,
-        )
+        variables = {"params": state["main"]["params"], "batch_stats": state["main"]["batch_stats"]}
+        return without_axis(self.main_model).apply(variables, images, train=False)
 
     def correct_labels(self, state: State, images: jax.Array, labels: jax.Array) -> jax.Array:
         """The meta model's corrected label distribution g(h(x), y), dropout off.
@@ -205,7 +254,9 @@ class Method:
         no running averages, as in the released code).
         """
         _, features = self.predict(state, images)
-        return meta_fn(self.meta_model, None)(state["meta"]["params"], features, labels)
+        return without_axis(self.meta_model).apply(
+            {"params": state["meta"]["params"]}, features, labels, deterministic=True
+        )
 
 
 def meta_accuracy(targets: jax.Array, batch: Batch) -> dict[str, jax.Array]:

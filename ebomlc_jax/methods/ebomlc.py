@@ -40,22 +40,20 @@ class EBOMLC(common.Method):
         if self.variant not in VARIANTS:
             raise allowed("method.variant", self.variant, VARIANTS)
 
-    def step(self, state, noisy_batch, clean_batch):
+    def _step(self, state, noisy_batch, clean_batch):
         if self.variant == "paper":
             return self._paper_step(state, noisy_batch, clean_batch)
         return self._reference_step(state, noisy_batch, clean_batch)
 
     def _objectives(self, state, noisy_batch, clean_batch, keys, mixture):
         """Upper and lower objectives with their own dropout keys (lower: one per G call)."""
-        apply = common.main_apply(self.main_model, state["main"]["batch_stats"])
+        apply = self.apply_fn(state)
         upper_batch, lower_clean = common.split_clean(clean_batch, self.clean_in_lower_loss)
         upper = bilevel.upper_objective(
-            upper_batch, apply, common.meta_fn(self.meta_model, keys[0]), self.rho, mixture
+            upper_batch, apply, self.meta_fn(keys[0]), self.rho, mixture
         )
         lowers = [
-            bilevel.lower_objective(
-                noisy_batch, apply, common.meta_fn(self.meta_model, k), lower_clean
-            )
+            bilevel.lower_objective(noisy_batch, apply, self.meta_fn(k), lower_clean)
             for k in keys[1:]
         ]
         return upper, lowers

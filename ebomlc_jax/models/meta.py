@@ -13,14 +13,45 @@ class BatchStatNorm(nn.Module):
     """
 
     epsilon: float = 1e-5
+    axis_name: str | None = None  # pmap: statistics of the global batch
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-        mean = jnp.mean(x, axis=0)
-        var = jnp.mean(jnp.square(x - mean), axis=0)  # biased, as PyTorch normalises
+        mean = self._mean(x)
+        var = self._mean(jnp.square(x - mean))  # biased, as PyTorch normalises
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+    def _mean(self, x: jax.Array) -> jax.Array:
+        mean = jnp.mean(x, axis=0)
+        return mean if self.axis_name is None else jax.lax.pmean(mean, self.axis_name)
+
+
+class GlobalDropout(nn.Module):
+    """Inverted dropout whose mask is drawn for the global batch.
+
+    Under pmap each device keeps its own rows of the one global mask, so a pmap run draws the
+    same masks as a single-device run of the whole batch.
+    """
+
+    rate: float
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0:
+            return x
+        rng = self.make_rng("dropout")
+        rows = x.shape[0]
+        if self.axis_name is None:
+            keep = jax.random.bernoulli(rng, 1 - self.rate, x.shape)
+        else:
+            size = jax.lax.psum(1, self.axis_name)
+            keep = jax.random.bernoulli(rng, 1 - self.rate, (rows * size, *x.shape[1:]))
+            start = jax.lax.axis_index(self.axis_name) * rows
+            keep = jax.lax.dynamic_slice_in_dim(keep, start, rows)
+        return jnp.where(keep, x / (1 - self.rate), 0.0)
 
 
 class MetaNet(nn.Module):
@@ -34,6 +65,7 @@ class MetaNet(nn.Module):
     hidden_dim: int = 128
     dropout_rate: float = 0.3
     batch_norm: bool = True
+    axis_name: str | None = None  # pmap axis: global-batch BN statistics and dropout masks
 
     @nn.compact
     def __call__(
@@ -53,9 +85,8 @@ class MetaNet(nn.Module):
         )(labels)
         x = jnp.concatenate([jax.lax.stop_gradient(features), emb], axis=-1)
         x = jnp.tanh(dense(self.hidden_dim, "fc1")(x))
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x)
+        x = GlobalDropout(self.dropout_rate, self.axis_name, name="dropout")(x, deterministic)
         x = jnp.tanh(dense(self.hidden_dim, "fc2")(x))
         if self.batch_norm:
-            x = BatchStatNorm(name="bn")(x)
+            x = BatchStatNorm(axis_name=self.axis_name, name="bn")(x)
         return jax.nn.softmax(dense(self.num_classes, "fc3")(x), axis=-1)

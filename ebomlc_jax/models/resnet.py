@@ -21,30 +21,46 @@ def torch_linear_bias(fan_in: int):
     return init
 
 
+def conv3x3(features: int, strides: int, dtype, name: str) -> nn.Conv:
+    """3x3 convolution without bias, Kaiming-normal weights (the reference's `conv3x3`)."""
+    return nn.Conv(
+        features,
+        (3, 3),
+        (strides, strides),
+        padding=1,
+        use_bias=False,
+        kernel_init=kaiming_normal,
+        dtype=dtype,
+        name=name,
+    )
+
+
+def batch_norm(train: bool, dtype, axis_name: str | None, name: str) -> nn.BatchNorm:
+    """PyTorch BatchNorm2d: eps 1e-5, running-average momentum 0.1 (= flax momentum 0.9)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        axis_name=axis_name,
+        name=name,
+    )
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with BN; option-A shortcut (stride-2 subsample + zero channel pad)."""
 
     features: int
     strides: int
     dtype: jnp.dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = lambda s, name: nn.Conv(  # noqa: E731
-            self.features,
-            (3, 3),
-            (s, s),
-            padding=1,
-            use_bias=False,
-            kernel_init=kaiming_normal,
-            dtype=self.dtype,
-            name=name,
-        )
-        norm = lambda name: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name
-        )
-        y = nn.relu(norm("bn1")(conv(self.strides, "conv1")(x)))
-        y = norm("bn2")(conv(1, "conv2")(y))
+        y = conv3x3(self.features, self.strides, self.dtype, "conv1")(x)
+        y = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(y))
+        y = conv3x3(self.features, 1, self.dtype, "conv2")(y)
+        y = batch_norm(train, self.dtype, self.bn_axis_name, "bn2")(y)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = x[:, :: self.strides, :: self.strides, :]
@@ -54,43 +70,28 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for small images: stem, three stages, global average pool, linear head.
+    """ResNet-(6n+2) for small images: stem, stages, global average pool, linear head.
 
     Returns `(logits [B, K], features [B, widths[-1]])`; any input size divisible by 4 works.
+    `bn_axis_name` makes BatchNorm use global-batch statistics under pmap.
     """
 
     num_classes: int
     blocks_per_stage: int = 5
     widths: Sequence[int] = (16, 32, 64)
     dtype: jnp.dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
-        x = x.astype(self.dtype)
-        x = nn.Conv(
-            self.widths[0],
-            (3, 3),
-            padding=1,
-            use_bias=False,
-            kernel_init=kaiming_normal,
-            dtype=self.dtype,
-            name="conv",
-        )(x)
-        x = nn.relu(
-            nn.BatchNorm(
-                use_running_average=not train,
-                momentum=0.9,
-                epsilon=1e-5,
-                dtype=self.dtype,
-                name="bn",
-            )(x)
-        )
+        x = conv3x3(self.widths[0], 1, self.dtype, "conv")(x.astype(self.dtype))
+        x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn")(x))
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides, self.dtype, name=f"stage{stage}_block{block}")(
-                    x, train
-                )
+                x = BasicBlock(
+                    width, strides, self.dtype, self.bn_axis_name, name=f"stage{stage}_block{block}"
+                )(x, train)
         features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
         logits = nn.Dense(
             self.num_classes,
@@ -101,6 +102,8 @@ class CifarResNet(nn.Module):
         return logits, features
 
 
-def resnet32(num_classes: int, dtype: jnp.dtype = jnp.float32) -> CifarResNet:
+def resnet32(
+    num_classes: int, dtype: jnp.dtype = jnp.float32, bn_axis_name: str | None = None
+) -> CifarResNet:
     """The paper's main model: ResNet-32, 16/32/64 channels, 5 blocks per stage."""
-    return CifarResNet(num_classes, blocks_per_stage=5, widths=(16, 32, 64), dtype=dtype)
+    return CifarResNet(num_classes, 5, (16, 32, 64), dtype, bn_axis_name)
