@@ -1,0 +1,115 @@
+"""Checkpoints of the whole training state with orbax: async, atomic, last N plus the best.
+
+A checkpoint is saved at the end of an epoch (its number is the count of finished epochs) and
+holds the state (parameters, BN statistics, optimiser states, rng, step counter; the step counter
+is the data-stream position, since batch order is a function of it) and a JSON record of the
+loop's own bookkeeping (best clean accuracy so far, ...). orbax writes into a temporary
+directory and renames it when complete, so a run killed mid-save leaves the previous checkpoint
+intact; restoring falls back to an older checkpoint, with a warning, if the newest one is
+unreadable, and raises `CheckpointError` if none can be restored (never a silent restart).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+PyTree = Any
+BEST_METRIC = "clean_accuracy"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the workdir can be restored into this run's state."""
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_saveable(state: PyTree) -> PyTree:
+    """Typed PRNG keys -> their raw uint32 data (what orbax stores)."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
+
+
+def from_saveable(restored: PyTree, like: PyTree) -> PyTree:
+    """Inverse of `to_saveable`, using `like` to know which leaves were keys."""
+    return jax.tree.map(
+        lambda r, x: jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if _is_key(x) else r,
+        restored,
+        like,
+    )
+
+
+class Checkpointer:
+    """orbax CheckpointManager over `<workdir>/checkpoints`, keeping the last N and the best."""
+
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 3, asynchronous: bool = True):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        policy = pp.AnyPreservationPolicy(
+            [pp.LatestN(n=keep), pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1)]
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=policy,
+                create=True,
+                cleanup_tmp_directories=True,
+                enable_async_checkpointing=asynchronous,
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        """Saved checkpoint numbers (finished epochs), oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, epoch: int, state: PyTree, record: dict, best_metric: float) -> None:
+        """Save after `epoch` finished epochs (asynchronously; `wait` to block)."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(to_saveable(state)), record=ocp.args.JsonSave(record)
+        )
+        self._manager.save(epoch, args=args, metrics={BEST_METRIC: float(best_metric)})
+
+    def restore_latest(self, like: PyTree) -> tuple[int, PyTree, dict] | None:
+        """(epoch, state, record) of the newest readable checkpoint; None if there is none.
+
+        `like` is a state of the right structure, shapes and placement (e.g. a fresh init).
+        """
+        target = to_saveable(like)  # concrete arrays: restore with their shapes and shardings
+        failures = []
+        for epoch in reversed(self.steps()):
+            try:
+                restored = self._manager.restore(
+                    epoch,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as e:  # noqa: BLE001 -- any failure: try the previous checkpoint
+                failures.append(f"epoch {epoch}: {type(e).__name__}: {e}")
+                logging.warning("checkpoint %d in %s is unreadable (%s)", epoch, self.directory, e)
+                continue
+            if failures:
+                logging.warning("fell back to the checkpoint of epoch %d", epoch)
+            return epoch, from_saveable(restored.state, like), dict(restored.record)
+        if failures:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored into this run's state "
+                "(corrupt, or saved by an incompatible config/model):\n  "
+                + "\n  ".join(failures)
+                + "\nMove the directory away to start from scratch, or fix the config."
+            )
+        return None
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.close()

@@ -1,0 +1,221 @@
+"""Epoch runners: one compiled `lax.scan` per epoch on the device, or a step loop.
+
+Inputs: "device" (the whole training set on the device, batches gathered there), "host"
+(NumPy gather on the host) and "tf_data" (tf.data gathers in its own threads, for data too large
+for device memory). Every path takes the same batch indices from `data.pipeline` and finishes
+batches with the same `data.device.finish_batch`, so they train on identical batches.
+Several seeds run as one program by vmapping the epoch over (state, per-seed data, keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ebomlc_jax import parallel
+from ebomlc_jax.data import device as dd
+from ebomlc_jax.data import pipeline
+from ebomlc_jax.data.pipeline import NoisyLabelData
+from ebomlc_jax.errors import ConfigError
+from ebomlc_jax.methods import Method
+
+INPUTS = ("device", "host", "tf_data")
+PyTree = Any
+Measurements = dict[str, np.ndarray]  # name -> [steps] (or [seeds, steps])
+
+
+def _stack(trees: list[PyTree]) -> PyTree:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+@dataclasses.dataclass
+class Runner:
+    """Owns the device-resident data and the compiled epoch of one run (one or several seeds)."""
+
+    method: Method
+    spec: dd.BatchSpec
+    datas: list[NoisyLabelData]
+    seeds: list[int]
+    input: str = "device"
+    scan: bool = True
+    mode: str = "jit"
+    num_devices: int = 1
+
+    def __post_init__(self):
+        if self.input not in INPUTS:
+            raise ConfigError(f"data.input={self.input!r} is not allowed; allowed values: {INPUTS}")
+        if self.mode not in parallel.MODES:
+            raise ConfigError(
+                f"parallel.mode={self.mode!r} is not allowed; allowed values: {parallel.MODES}"
+            )
+        self.vmapped = len(self.seeds) > 1
+        if self.vmapped and (self.input != "device" or self.mode != "jit"):
+            raise ConfigError(
+                f"num_parallel_seeds={len(self.seeds)} needs data.input='device' and "
+                f"parallel.mode='jit' (got {self.input!r}, {self.mode!r})"
+            )
+        if self.vmapped and self.num_devices > 1:
+            raise ConfigError(
+                f"num_parallel_seeds={len(self.seeds)} runs on one device; allowed "
+                f"parallel.num_devices: 1 (got {self.num_devices})"
+            )
+        self.mesh = parallel.make_mesh(self.num_devices) if self.mode == "jit" else None
+        put = (
+            (lambda x: jax.device_put(x, parallel.replicated(self.mesh)))
+            if self.mesh is not None
+            else jax.device_put
+        )
+        host_shared, _ = dd.split_arrays(self.datas[0])
+        per_seed = [dd.split_arrays(d)[1] for d in self.datas]
+        keys = [dd.data_keys(s) for s in self.seeds]
+        one = lambda xs: _stack(xs) if self.vmapped else xs[0]  # noqa: E731
+        self.shared = put(host_shared)
+        self.per_seed = put(one(per_seed))
+        self.keys = put(one(keys))
+        test = self.datas[0]
+        self.test = put({"images": test.test_images, "labels": test.test_labels})
+        self._streams: tuple[Iterator, Iterator] | None = None
+        self._next_step: int | None = None
+        self._build()
+
+    # ------------------------------------------------------------------ compiled pieces
+    def _build(self) -> None:
+        method, spec, mesh = self.method, self.spec, self.mesh
+        seeds_axis = (
+            (lambda f, axes: jax.vmap(f, in_axes=axes)) if self.vmapped else (lambda f, axes: f)
+        )
+
+        def scan_epoch(state, shared, per_seed, keys, epoch):
+            rows = dd.noisy_epoch_rows(keys, epoch, spec)
+            steps = epoch * spec.steps_per_epoch + jnp.arange(spec.steps_per_epoch)
+
+            def body(state, xs):
+                step, noisy_rows = xs
+                batches = dd.train_batches(shared, per_seed, keys, step, noisy_rows, spec)
+                return method.step(state, *parallel.constrain_batch(batches, mesh))
+
+            return jax.lax.scan(body, state, (steps, rows))
+
+        self._scan_epoch = jax.jit(seeds_axis(scan_epoch, (0, None, 0, 0, None)), donate_argnums=0)
+        self._epoch_rows = jax.jit(
+            seeds_axis(lambda keys, epoch: dd.noisy_epoch_rows(keys, epoch, spec), (0, None))
+        )
+        self._device_batches = jax.jit(
+            seeds_axis(
+                lambda shared, per_seed, keys, step, rows: dd.train_batches(
+                    shared, per_seed, keys, step, rows, spec
+                ),
+                (None, 0, 0, None, 0),
+            )
+        )
+
+        def finish(raw_noisy, raw_clean, shared, keys, step):
+            noisy_key, clean_key = dd.batch_keys(keys, step)
+            return (
+                dd.finish_batch(raw_noisy, shared, noisy_key, spec),
+                dd.finish_batch(raw_clean, shared, clean_key, spec),
+            )
+
+        self._finish = jax.jit(finish)
+        if self.mode == "pmap":
+            self._step = jax.pmap(method.step, axis_name=parallel.DATA_AXIS, donate_argnums=0)
+        else:
+            self._step = jax.jit(seeds_axis(method.step, (0, 0, 0)), donate_argnums=0)
+
+    # ------------------------------------------------------------------ state
+    def init_state(self) -> PyTree:
+        """Fresh state (stacked over seeds when vmapped), placed for this parallel mode."""
+        sample = dd.finish_batch(
+            {"image": self.shared["images"][:1]},
+            self.shared,
+            jax.random.key(0),
+            dataclasses.replace(self.spec, augment=False),
+        )["image"]
+        init = jax.vmap(self.method.init, in_axes=(0, None)) if self.vmapped else self.method.init
+        state = jax.jit(init)(self.keys["init"], sample)
+        return self.place(state)
+
+    def place(self, state: PyTree) -> PyTree:
+        """Put a (restored or fresh) state where the compiled epoch expects it."""
+        if self.mesh is not None:
+            return jax.device_put(state, parallel.replicated(self.mesh))
+        return state
+
+    # ------------------------------------------------------------------ epochs
+    def run_epoch(self, state: PyTree, epoch: int) -> tuple[PyTree, Measurements]:
+        """Train one epoch (`epoch` counts from 0); returns the state and per-step measurements."""
+        if self.input == "device" and self.scan and self.mode == "jit":
+            state, meas = self._scan_epoch(state, self.shared, self.per_seed, self.keys, epoch)
+            return state, jax.device_get(meas)
+        return self._loop_epoch(state, epoch)
+
+    def _loop_epoch(self, state: PyTree, epoch: int) -> tuple[PyTree, Measurements]:
+        spec, first = self.spec, epoch * self.spec.steps_per_epoch
+        next_batches = self._batch_source(epoch, first)
+        if self.mode == "pmap":
+            state = parallel.replicate_for_pmap(state, self.num_devices)
+        measurements = []
+        for step in range(first, first + spec.steps_per_epoch):
+            noisy, clean = self._place_batches(*next_batches(step))
+            state, meas = self._step(state, noisy, clean)
+            measurements.append(meas)
+        if self.mode == "pmap":
+            state, measurements = (
+                parallel.unreplicate(state),
+                [parallel.unreplicate(m) for m in measurements],
+            )
+        meas = jax.device_get(measurements)
+        return state, {k: np.stack([m[k] for m in meas], axis=-1) for k in meas[0]}
+
+    def _batch_source(self, epoch: int, first: int) -> Callable[[int], tuple[PyTree, PyTree]]:
+        """step -> (noisy, clean) float batches on the device, for this input kind."""
+        if self.input == "device":
+            rows = self._epoch_rows(self.keys, epoch)
+
+            def from_device(step):
+                row = rows[..., step - first, :]
+                return self._device_batches(self.shared, self.per_seed, self.keys, step, row)
+
+            return from_device
+        if self._next_step != first:  # (re)start the host streams at this position
+            self._streams = self._open_streams(first)
+        noisy_it, clean_it = self._streams
+
+        def from_host(step):
+            self._next_step = step + 1
+            raw_noisy, raw_clean = next(noisy_it), next(clean_it)
+            return self._finish(raw_noisy, raw_clean, self.shared, self.keys, step)
+
+        return from_host
+
+    def _open_streams(self, start: int) -> tuple[Iterator, Iterator]:
+        data, keys, spec = self.datas[0], dd.data_keys(self.seeds[0]), self.spec
+        if self.input == "host":
+            return (
+                pipeline.noisy_stream(data, keys["noisy"], spec.batch_size, start),
+                pipeline.clean_stream(data, keys["clean"], spec.clean_batch_size, start),
+            )
+        return (
+            pipeline.tf_dataset(
+                data, keys["noisy"], spec.batch_size, "noisy", start
+            ).as_numpy_iterator(),
+            pipeline.tf_dataset(
+                data, keys["clean"], spec.clean_batch_size, "clean", start
+            ).as_numpy_iterator(),
+        )
+
+    def _place_batches(self, noisy: PyTree, clean: PyTree) -> tuple[PyTree, PyTree]:
+        if self.mode == "pmap":
+            halves = self.method.clean_in_lower_loss and self.method.uses_meta
+            return (
+                parallel.shard_for_pmap(noisy, self.num_devices),
+                parallel.clean_for_pmap(clean, self.num_devices, halves),
+            )
+        if self.mesh is not None and self.mesh.size > 1:
+            return jax.device_put((noisy, clean), parallel.batch_sharded(self.mesh))
+        return noisy, clean
