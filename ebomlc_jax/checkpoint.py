@@ -6,7 +6,8 @@ is the data-stream position, since batch order is a function of it) and a JSON r
 loop's own bookkeeping (best clean accuracy so far, ...). orbax writes into a temporary
 directory and renames it when complete, so a run killed mid-save leaves the previous checkpoint
 intact; restoring falls back to an older checkpoint, with a warning, if the newest one is
-unreadable, and raises `CheckpointError` if none can be restored (never a silent restart).
+unreadable (which it renames to `unreadable_<epoch>`), and raises `CheckpointError` if none
+can be restored (never a silent restart).
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(to_saveable(state)), record=ocp.args.JsonSave(record)
         )
-        self._manager.save(epoch, args=args, metrics={BEST_METRIC: float(best_metric)})
+        if not self._manager.save(epoch, args=args, metrics={BEST_METRIC: float(best_metric)}):
+            raise CheckpointError(
+                f"orbax skipped saving the checkpoint of epoch {epoch} in {self.directory} "
+                f"(checkpoints there: {self.steps()})"
+            )
 
     def restore_latest(self, like: PyTree) -> tuple[int, PyTree, dict] | None:
         """(epoch, state, record) of the newest readable checkpoint; None if there is none.
@@ -81,7 +86,7 @@ class Checkpointer:
         `like` is a state of the right structure, shapes and placement (e.g. a fresh init).
         """
         target = to_saveable(like)  # concrete arrays: restore with their shapes and shardings
-        failures = []
+        failures, unreadable = [], []
         for epoch in reversed(self.steps()):
             try:
                 restored = self._manager.restore(
@@ -92,10 +97,15 @@ class Checkpointer:
                 )
             except Exception as e:  # noqa: BLE001 -- any failure: try the previous checkpoint
                 failures.append(f"epoch {epoch}: {type(e).__name__}: {e}")
+                unreadable.append(epoch)
                 logging.warning("checkpoint %d in %s is unreadable (%s)", epoch, self.directory, e)
                 continue
             if failures:
-                logging.warning("fell back to the checkpoint of epoch %d", epoch)
+                logging.warning(
+                    "fell back to the checkpoint of epoch %d; moved the unreadable ones to %s",
+                    epoch,
+                    ", ".join(self._set_aside(unreadable)),
+                )
             return epoch, from_saveable(restored.state, like), dict(restored.record)
         if failures:
             raise CheckpointError(
@@ -105,6 +115,23 @@ class Checkpointer:
                 + "\nMove the directory away to start from scratch, or fix the config."
             )
         return None
+
+    def _set_aside(self, epochs: list[int]) -> list[str]:
+        """Rename unreadable checkpoints to `unreadable_<epoch>` (kept for inspection).
+
+        Otherwise the retrained epochs could not be saved: orbax silently skips a save whose
+        step is not above the newest one in the directory.
+        """
+        moved = []
+        for epoch in epochs:
+            aside, n = self.directory / f"unreadable_{epoch}", 1
+            while aside.exists():
+                n += 1
+                aside = self.directory / f"unreadable_{epoch}_{n}"
+            (self.directory / str(epoch)).rename(aside)
+            moved.append(aside.name)
+        self._manager.reload()
+        return moved
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
