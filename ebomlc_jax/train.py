@@ -230,38 +230,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     total = config.num_epochs * spe
     progress = logs.Progress(total, start_epoch * spe)
     last_eval = None
-    for epoch in range(start_epoch, config.num_epochs):
-        t0 = time.time()
-        state, meas = runner.run_epoch(state, epoch)
-        _check_finite(meas, epoch, spe)
-        ev = evaluator(state)
-        _check_finite({"eval/clean_loss": np.asarray(ev["clean_loss"])[..., None]}, epoch, 1)
-        seconds = time.time() - t0
-        step = (epoch + 1) * spe
-        for i, (writer, record, run_dir) in enumerate(zip(writers, records, run_dirs, strict=True)):
-            seed_meas = {k: v[i] if many else v for k, v in meas.items()}
-            seed_ev = {k: v[i] if many else v for k, v in ev.items()}
-            _log_epoch(writer, run_dir, seed_meas, seed_ev, record, epoch, spe, config)
-            record["wall_time_s"] += seconds
-            record["steps_done"] = step
-        mean_clean = float(np.mean(ev["clean_accuracy"]))
-        ckpt.save(epoch + 1, state, {"seeds": records}, mean_clean)
-        last_eval = ev
-        shown = {k: float(np.mean(v)) for k, v in meas.items() if k in ("G", "F", "beta", "loss")}
-        shown.update(
-            test=float(np.mean(ev["test_accuracy"])),
-            clean=mean_clean,
-            **(
-                {"meta": float(np.mean(ev["meta_correction_accuracy"]))}
-                if "meta_correction_accuracy" in ev
-                else {}
-            ),
-        )
-        print(progress.line(epoch + 1, config.num_epochs, step, shown), flush=True)
-    ckpt.wait()
-    ckpt.close()
-    for w in writers:
-        w.close()
+    try:
+        for epoch in range(start_epoch, config.num_epochs):
+            t0 = time.time()
+            state, meas = runner.run_epoch(state, epoch)
+            _check_finite(meas, epoch, spe)
+            ev = evaluator(state)
+            _check_finite({"eval/clean_loss": np.asarray(ev["clean_loss"])[..., None]}, epoch, 1)
+            seconds = time.time() - t0
+            step = (epoch + 1) * spe
+            for i, (writer, record, run_dir) in enumerate(
+                zip(writers, records, run_dirs, strict=True)
+            ):
+                seed_meas = {k: v[i] if many else v for k, v in meas.items()}
+                seed_ev = {k: v[i] if many else v for k, v in ev.items()}
+                _log_epoch(writer, run_dir, seed_meas, seed_ev, record, epoch, spe, config)
+                record["wall_time_s"] += seconds
+                record["steps_done"] = step
+            mean_clean = float(np.mean(ev["clean_accuracy"]))
+            ckpt.save(epoch + 1, state, {"seeds": records}, mean_clean)
+            last_eval = ev
+            shown = {
+                k: float(np.mean(v)) for k, v in meas.items() if k in ("G", "F", "beta", "loss")
+            }
+            shown.update(
+                test=float(np.mean(ev["test_accuracy"])),
+                clean=mean_clean,
+                **(
+                    {"meta": float(np.mean(ev["meta_correction_accuracy"]))}
+                    if "meta_correction_accuracy" in ev
+                    else {}
+                ),
+            )
+            print(progress.line(epoch + 1, config.num_epochs, step, shown), flush=True)
+    finally:  # also on DivergenceError/Ctrl-C: finish the last good epoch's pending save
+        ckpt.wait()
+        ckpt.close()
+        for w in writers:
+            w.close()
 
     summaries = []
     for i, (record, run_dir, seed, data) in enumerate(
