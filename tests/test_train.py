@@ -1,0 +1,564 @@
+"""The training loop end to end on the tiny digits config: outputs, the command line, resume after
+SIGKILL (bitwise), config changes, NaN/Inf, corrupt and incompatible checkpoints, bad input."""
+
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.experimental.compilation_cache.compilation_cache as compilation_cache
+import numpy as np
+import pytest
+import tiny_config
+
+from ebomlc_jax import checkpoint, epochs, train
+from ebomlc_jax.checkpoint import CheckpointError
+from ebomlc_jax.data import build_data
+from ebomlc_jax.data.device import BatchSpec
+from ebomlc_jax.errors import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FINISHED_EPOCHS = 4  # the shared finished run: 4 epochs of 3 steps, checkpoint.keep=2
+KEEP = 2
+STEPS = 3  # tiny_config.steps_per_epoch
+
+
+# A failed orbax restore leaves coroutines that were never awaited; their warnings (raised when
+# they are garbage collected, in whichever test runs then) are noise.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning",
+    "ignore:coroutine .* was never awaited:RuntimeWarning",
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    """A persistent XLA cache for this module: every run here compiles the same few programs
+    (in process and in the run.py subprocesses), so only the first compile of each is paid."""
+    path = tmp_path_factory.mktemp("xla_cache")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    saved = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    yield path
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture
+def env(compile_cache):
+    """Environment of the run.py subprocesses: this one's (4 fake CPU devices) + the cache."""
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def tiny(overrides=None):
+    """tests/tiny_config.py with {"dotted.field": value} overrides."""
+    c = tiny_config.get_config()
+    for path, value in (overrides or {}).items():
+        *parents, last = path.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def checkpoint_epochs(workdir) -> list[int]:
+    """Complete checkpoints (orbax renames `<n>.orbax-checkpoint-tmp*` to `<n>` when done)."""
+    d = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def fresh_state(config):
+    """A freshly initialised state of the config's structure (the `like` of a restore)."""
+    data = build_data(
+        config.data.dataset,
+        seed=config.seed,
+        noise_kind=config.noise.kind,
+        noise_rate=config.noise.rate,
+        clean_fraction=config.data.clean_fraction,
+    )
+    c = config.data
+    spec = BatchSpec(
+        data.num_noisy,
+        data.num_clean,
+        c.batch_size,
+        c.clean_batch_size,
+        c.augment,
+        c.augment_pad,
+        config.steps_per_epoch,
+    )
+    method = train.build_method(config, data.num_classes, spec.steps_per_epoch)
+    runner = epochs.Runner(method, spec, [data], [config.seed], "device", False, "jit", 1)
+    return runner.init_state()
+
+
+def restore(workdir, config):
+    """(epoch, state, record) of the newest readable checkpoint, through our Checkpointer."""
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep, asynchronous=False)
+    try:
+        return ckpt.restore_latest(fresh_state(config))
+    finally:
+        ckpt.close()
+
+
+def flat(state) -> dict[str, np.ndarray]:
+    """path -> host array of every leaf; PRNG keys as their raw data."""
+    state = checkpoint.to_saveable(state)
+    return {
+        jax.tree_util.keystr(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+    }
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+
+
+def eval_lines(workdir) -> list[dict]:
+    return [r for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if "eval/epoch" in r]
+
+
+def damage(workdir, epoch: int) -> None:
+    """Overwrite the array data files of one checkpoint with garbage (metadata left intact)."""
+    state = pathlib.Path(workdir) / "checkpoints" / str(epoch) / "state"
+    files = [f for f in state.rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert files, f"no data files under {state}"
+    for f in files:
+        f.write_bytes(b"not a checkpoint")
+
+
+def no_compute(monkeypatch):
+    """Make any start of model building or training fail the test."""
+
+    def started(*args, **kwargs):
+        raise AssertionError("compute started before the bad input was reported")
+
+    monkeypatch.setattr(train, "build_method", started)
+    monkeypatch.setattr(train.epochs, "Runner", started)
+
+
+def run_py(args, env, timeout=300):
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def clean_accuracy_by_epoch(workdir) -> dict[int, float]:
+    return {r["eval/epoch"]: r["eval/clean_accuracy"] for r in eval_lines(workdir)}
+
+
+# ----------------------------------------------------------------------------- a finished run
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 4-epoch tiny run with figures (keep 2 checkpoints): (workdir, config, summary)."""
+    workdir = tmp_path_factory.mktemp("finished")
+    config = tiny({"num_epochs": FINISHED_EPOCHS, "checkpoint.keep": KEEP, "figures": True})
+    summary = train.train_and_evaluate(config, str(workdir))
+    return workdir, config, summary
+
+
+@pytest.fixture
+def finished_copy(finished, tmp_path):
+    """A private copy of the finished run's workdir (tests damage or extend it)."""
+    workdir, config, summary = finished
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return copy, config
+
+
+def test_tiny_run_writes_every_output(finished):
+    workdir, config, returned = finished
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary == returned
+    for key in ("final_test_accuracy", "test_accuracy_at_best_clean", "best_clean_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert 0.0 <= summary["final_meta_correction_accuracy"] <= 1.0
+    assert 1 <= summary["best_clean_epoch"] <= FINISHED_EPOCHS
+    assert summary["wall_time_s"] > 0 and summary["steps_per_sec"] > 0
+    # Uniform noise over all K classes: realised rate r (K-1)/K = 0.54, on 1,298 noisy labels.
+    assert summary["realised_noise_rate"] == pytest.approx(0.6 * 9 / 10, abs=0.03)
+    assert summary["config"] == json.loads(config.to_json_best_effort())
+    assert summary["method"] == "ebomlc" and summary["dataset"] == "digits"
+    assert json.loads((workdir / "config.json").read_text()) == summary["config"]
+
+    # metrics.jsonl: train/ scalars every log_every_steps (2) and at each epoch's end; one eval
+    # line per epoch at its last step.
+    rows = read_jsonl(workdir / "metrics.jsonl")
+    train_steps = sorted({r["step"] for r in rows if any(k.startswith("train/") for k in r)})
+    assert train_steps == [2, 3, 4, 6, 8, 9, 10, 12]
+    evals = eval_lines(workdir)
+    assert [r["eval/epoch"] for r in evals] == list(range(1, FINISHED_EPOCHS + 1))
+    assert [r["step"] for r in evals] == [STEPS * e for e in range(1, FINISHED_EPOCHS + 1)]
+    for r in evals:
+        for key in ("eval/test_accuracy", "eval/clean_accuracy", "eval/meta_correction_accuracy"):
+            assert 0.0 <= r[key] <= 1.0, key
+        assert np.isfinite(r["eval/clean_loss"]) and r["eval/clean_loss"] > 0
+    last = evals[-1]
+    assert last["eval/test_accuracy"] == pytest.approx(summary["final_test_accuracy"])
+    best = max(evals, key=lambda r: r["eval/clean_accuracy"])  # first of equal maxima
+    assert summary["best_clean_epoch"] == best["eval/epoch"]
+    assert summary["test_accuracy_at_best_clean"] == pytest.approx(best["eval/test_accuracy"])
+
+    # TensorBoard events with the same scalars.
+    events = list((workdir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    import tensorflow as tf
+
+    tags = {
+        v.tag
+        for e in events
+        for event in tf.compat.v1.train.summary_iterator(str(e))
+        for v in event.summary.value
+    }
+    assert {"eval/test_accuracy", "eval/clean_accuracy", "train/F", "train/G"} <= tags
+
+    # Checkpoints: the last KEEP epochs, plus the best by clean accuracy (ties: any of them).
+    kept = checkpoint_epochs(workdir)
+    clean = clean_accuracy_by_epoch(workdir)
+    last_n = list(range(FINISHED_EPOCHS - KEEP + 1, FINISHED_EPOCHS + 1))
+    extra = sorted(set(kept) - set(last_n))
+    assert set(last_n) <= set(kept) and len(extra) <= 1, kept
+    if extra:
+        assert clean[extra[0]] == max(clean.values())
+    else:
+        assert max(clean[e] for e in last_n) == max(clean.values())
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+    # The meta model's confusion on D' at the last epoch.
+    confusion = json.loads((workdir / "meta_confusion.json").read_text())
+    counts = np.array(confusion["counts"])
+    assert confusion["epoch"] == FINISHED_EPOCHS and confusion["num_classes"] == 10
+    assert counts.shape == (10, 10) and counts.min() >= 0
+    assert counts.sum() == 1298  # |D'|
+    assert np.trace(counts) / counts.sum() == pytest.approx(
+        summary["final_meta_correction_accuracy"], abs=1e-6
+    )
+
+    noise = json.loads((workdir / "noise.json").read_text())
+    assert noise["nominal_rate"] == 0.6 and noise["kind"] == "uniform"
+    assert noise["realised_rate"] == summary["realised_noise_rate"]
+    np.testing.assert_allclose(np.sum(noise["transition"], axis=1), 1.0, rtol=1e-6)
+
+    # Figures: the curves and one correction heatmap, real PNG files.
+    pngs = [workdir / "curves.png", *workdir.glob("heatmap_*.png")]
+    assert len(pngs) == 2, sorted(p.name for p in workdir.iterdir())
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_command_line_prints_progress_and_summary(tmp_path, env):
+    workdir = tmp_path / "cli"
+    proc = run_py(["--config=tests/tiny_config.py", f"--workdir={workdir}"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for e in (1, 2, 3):
+        assert re.search(
+            rf"^epoch {e}/3  step {3 * e}/9  [\d.]+ steps/s  ETA \S+  \|  .*test [\d.]+  "
+            rf"clean [\d.]+  meta [\d.]+$",
+            out,
+            re.M,
+        ), out
+    assert "realised 0.5" in out
+    for label in ("final test accuracy", "test acc. at best clean", "meta correction (D')"):
+        assert re.search(rf"^  {re.escape(label)} +[\d.]+%", out, re.M), out
+    assert re.search(rf"^  run directory +{re.escape(str(workdir))}$", out, re.M), out
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert f"{100 * summary['final_test_accuracy']:.2f}%" in out
+    assert checkpoint_epochs(workdir) == [1, 2, 3]
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run_bitwise(tmp_path, env):
+    num_epochs = 8  # leaves several epochs after the kill point even on a fast machine
+    config = tiny({"num_epochs": num_epochs})
+    args = ["--config=tests/tiny_config.py", f"--config.num_epochs={num_epochs}"]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+
+    log = tmp_path / "first_attempt.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "run.py", *args, f"--workdir={killed}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not any(e >= 2 for e in checkpoint_epochs(killed)):
+                if proc.poll() is not None:
+                    pytest.fail(
+                        f"run.py exited ({proc.returncode}) before checkpoint 2:\n"
+                        + log.read_text()[-3000:]
+                    )
+                if time.monotonic() > deadline:
+                    pytest.fail("no checkpoint of epoch 2 after 300 s")
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (
+        f"run.py finished (rc {proc.returncode}) before the SIGKILL reached it: the test proves "
+        "nothing; raise num_epochs"
+    )
+    at_kill = checkpoint_epochs(killed)
+    assert max(at_kill) < num_epochs, (
+        f"all {num_epochs} epochs were checkpointed before the kill; raise num_epochs"
+    )
+
+    rerun = run_py([*args, f"--workdir={killed}"], env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = re.search(r"^resumed from \S+ after epoch (\d+)$", rerun.stdout, re.M)
+    assert resumed, rerun.stdout
+    assert 2 <= int(resumed.group(1)) <= max(at_kill)
+    assert f"epoch {int(resumed.group(1))}/{num_epochs} " not in rerun.stdout  # not redone
+    assert f"epoch {num_epochs}/{num_epochs} " in rerun.stdout
+
+    uninterrupted = run_py([*args, f"--workdir={whole}"], env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert "resumed" not in uninterrupted.stdout
+
+    (epoch_a, state_a, record_a), (epoch_b, state_b, record_b) = (
+        restore(killed, config),
+        restore(whole, config),
+    )
+    assert epoch_a == epoch_b == num_epochs
+    a, b = flat(state_a), flat(state_b)
+    assert a.keys() == b.keys()
+    for part in (
+        "['main']['params']",
+        "['main']['batch_stats']",
+        "['main_opt']",
+        "['meta']",
+        "['meta_opt']",
+        "['rng']",
+        "['step']",
+    ):
+        assert any(k.startswith(part) for k in a), (part, sorted(a))
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert int(a["['step']"]) == num_epochs * STEPS
+    assert record_a["seeds"][0]["best_clean_epoch"] == record_b["seeds"][0]["best_clean_epoch"]
+    assert (
+        record_a["seeds"][0]["best_clean_accuracy"] == record_b["seeds"][0]["best_clean_accuracy"]
+    )
+    # The final evaluation, too.
+    sa = json.loads((killed / "summary.json").read_text())
+    sb = json.loads((whole / "summary.json").read_text())
+    for key in ("final_test_accuracy", "final_meta_correction_accuracy", "best_clean_epoch"):
+        assert sa[key] == sb[key], key
+
+
+def test_changed_config_refuses_to_resume_unless_allowed(finished_copy, monkeypatch, capsys):
+    workdir, config = finished_copy
+    changed = config.copy_and_resolve_references()
+    changed.method.rho = 0.3
+    with monkeypatch.context() as m:
+        no_compute(m)
+        with pytest.raises(ConfigError) as info:
+            train.train_and_evaluate(changed, str(workdir))
+    message = str(info.value)
+    assert "method.rho: 0.2 (saved) -> 0.3 (now)" in message
+    assert "resume_with_changed_config=True" in message
+    assert len(re.findall(r"\(saved\) ->", message)) == 1  # only the field that differs
+    assert len(eval_lines(workdir)) == FINISHED_EPOCHS  # nothing trained or logged
+
+    changed.resume_with_changed_config = True
+    changed.num_epochs = FINISHED_EPOCHS + 1
+    capsys.readouterr()
+    train.train_and_evaluate(changed, str(workdir))
+    out = capsys.readouterr().out
+    assert re.search(rf"^resumed from \S+ after epoch {FINISHED_EPOCHS}$", out, re.M), out
+    assert f"epoch 1/{FINISHED_EPOCHS + 1} " not in out
+    assert [r["eval/epoch"] for r in eval_lines(workdir)] == list(range(1, FINISHED_EPOCHS + 2))
+    assert max(checkpoint_epochs(workdir)) == FINISHED_EPOCHS + 1
+    assert json.loads((workdir / "config.json").read_text())["method"]["rho"] == 0.3
+
+
+def test_divergence_stops_with_the_quantity_and_step_and_keeps_the_last_checkpoint(
+    finished_copy,
+):
+    workdir, config = finished_copy
+    before = checkpoint_epochs(workdir)
+    bad = tiny(
+        {
+            "num_epochs": FINISHED_EPOCHS + 1,
+            "checkpoint.keep": KEEP,
+            "optim.lr": 1e30,
+            "resume_with_changed_config": True,
+        }
+    )
+    with pytest.raises(train.DivergenceError) as info:
+        train.train_and_evaluate(bad, str(workdir))
+    message = str(info.value)
+    match = re.match(r"(\S+) is .* at step (\d+) \(epoch (\d+)\)", message)
+    assert match, message
+    name, step, epoch = match.group(1), int(match.group(2)), int(match.group(3))
+    train_keys = {
+        k[len("train/") :]
+        for r in read_jsonl(workdir / "metrics.jsonl")
+        for k in r
+        if k.startswith("train/")
+    }
+    assert name in train_keys | {"eval/clean_loss"}, name
+    assert epoch == FINISHED_EPOCHS + 1
+    assert FINISHED_EPOCHS * STEPS <= step <= (FINISHED_EPOCHS + 1) * STEPS
+    assert f"end of epoch {FINISHED_EPOCHS}" in message
+    # No checkpoint of the diverged epoch; the last good one restores.
+    assert checkpoint_epochs(workdir) == before
+    restored_epoch, state, _ = restore(workdir, config)
+    assert restored_epoch == FINISHED_EPOCHS
+    assert all(np.isfinite(x).all() for x in flat(state).values() if x.dtype.kind == "f")
+
+
+def test_divergence_in_the_same_process_keeps_the_pending_checkpoint(tmp_path, env):
+    """Epoch 1 is fine and its checkpoint is saved asynchronously; epoch 2 diverges (lr 1e29)
+    and run.py exits with the error: the checkpoint of epoch 1 must be complete on disk."""
+    args = [
+        "--config.num_epochs=2",
+        "--config.optim.decay_epochs=(1,)",
+        "--config.optim.decay_factor=1e30",
+    ]
+    proc = run_py(["--config=tests/tiny_config.py", *args, f"--workdir={tmp_path}"], env)
+    assert proc.returncode != 0
+    assert re.search(r"DivergenceError: \S+ is .* at step \d+ \(epoch 2\)", proc.stderr), (
+        proc.stderr[-3000:]
+    )
+    assert checkpoint_epochs(tmp_path) == [1], sorted(os.listdir(tmp_path / "checkpoints"))
+    config = tiny({"num_epochs": 2, "optim.decay_epochs": (1,), "optim.decay_factor": 1e30})
+    assert restore(tmp_path, config)[0] == 1
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_copy, caplog, capsys):
+    workdir, config = finished_copy
+    damage(workdir, FINISHED_EPOCHS)
+    more = tiny(
+        {
+            "num_epochs": FINISHED_EPOCHS + 1,
+            "checkpoint.keep": KEEP,
+            "resume_with_changed_config": True,
+        }
+    )
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        train.train_and_evaluate(more, str(workdir))
+    out = capsys.readouterr().out
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(f"checkpoint {FINISHED_EPOCHS} in" in w and "unreadable" in w for w in warnings)
+    assert any(
+        f"fell back to the checkpoint of epoch {FINISHED_EPOCHS - 1}" in w for w in warnings
+    ), warnings
+    assert re.search(rf"^resumed from \S+ after epoch {FINISHED_EPOCHS - 1}$", out, re.M), out
+    assert f"epoch {FINISHED_EPOCHS}/{FINISHED_EPOCHS + 1} " in out  # redone
+    assert f"epoch {FINISHED_EPOCHS + 1}/{FINISHED_EPOCHS + 1} " in out
+    # The redone epoch's checkpoint is a good one, not the damaged one left in place (which is
+    # kept aside for inspection).
+    assert FINISHED_EPOCHS in checkpoint_epochs(workdir)
+    assert (workdir / "checkpoints" / f"unreadable_{FINISHED_EPOCHS}" / "state").is_dir()
+    damage(workdir, FINISHED_EPOCHS + 1)
+    assert restore(workdir, more)[0] == FINISHED_EPOCHS
+
+
+def test_all_checkpoints_corrupt_is_an_error_not_a_restart(finished_copy):
+    workdir, config = finished_copy
+    kept = checkpoint_epochs(workdir)
+    for e in kept:
+        damage(workdir, e)
+    rows = len(read_jsonl(workdir / "metrics.jsonl"))
+    with pytest.raises(CheckpointError) as info:
+        train.train_and_evaluate(config, str(workdir))
+    message = str(info.value)
+    assert "no checkpoint in" in message and "can be restored" in message
+    for e in kept:
+        assert f"epoch {e}:" in message
+    assert checkpoint_epochs(workdir) == kept
+    assert len(read_jsonl(workdir / "metrics.jsonl")) == rows  # nothing trained or logged
+
+
+def test_incompatible_checkpoint_is_an_error_not_a_restart(finished_copy):
+    workdir, config = finished_copy
+    kept = checkpoint_epochs(workdir)
+    rows = len(read_jsonl(workdir / "metrics.jsonl"))
+    wider = tiny(
+        {
+            "num_epochs": FINISHED_EPOCHS + 1,
+            "checkpoint.keep": KEEP,
+            "model.widths": (8, 16),
+            "resume_with_changed_config": True,
+        }
+    )
+    with pytest.raises(CheckpointError, match="incompatible config/model"):
+        train.train_and_evaluate(wider, str(workdir))
+    assert checkpoint_epochs(workdir) == kept
+    assert len(read_jsonl(workdir / "metrics.jsonl")) == rows
+
+
+# ----------------------------------------------------------------------------- bad input
+BAD_INPUT = [
+    ({"method.rho": 0.0}, r"method\.rho=0\.0 is not allowed; allowed values: a number in \(0, 1\]"),
+    ({"method.rho": 1.5}, r"method\.rho=1\.5 .*a number in \(0, 1\]"),
+    ({"method.xi": 0.0}, r"method\.xi=0\.0 .*a number in \(0, 1\)"),
+    ({"method.xi": 1.0}, r"method\.xi=1\.0 .*a number in \(0, 1\)"),
+    ({"method.delta": 0.0}, r"method\.delta=0\.0 .*a number in \(0, inf\)"),
+    ({"method.delta": -0.25}, r"method\.delta=-0\.25 .*a number in \(0, inf\)"),
+    ({"noise.rate": -0.1}, r"noise\.rate=-0\.1 .*a number in \[0, 1\]"),
+    ({"noise.rate": 1.2}, r"noise\.rate=1\.2 .*a number in \[0, 1\]"),
+    ({"noise.kind": "gaussian"}, r"noise\.kind='gaussian' .*'uniform', 'flip', 'pair'"),
+    ({"method.name": "sgd"}, r"method\.name='sgd' .*'ce', 'ebomlc', 'mlc', 'mlc_d'"),
+    ({"method.variant": "v2"}, r"method\.variant='v2' .*'paper', 'reference'"),
+    ({"data.dataset": "mnist"}, r"data\.dataset='mnist' .*'cifar10', 'cifar100', 'digits'"),
+    # 1,438 digits, 10 classes: round(0.003 * 1438 / 10) = 0 clean examples per class.
+    ({"data.clean_fraction": 0.003}, r"data\.clean_fraction=0\.003 .*no clean example"),
+    ({"data.batch_size": 2000}, r"data\.batch_size=2000 .*\[1, 1298\] \(set size\)"),
+    ({"data.clean_batch_size": 142}, r"data\.clean_batch_size=142 .*\[1, 140\] \(set size\)"),
+    (
+        {"data.clean_batch_size": 31},
+        r"data\.clean_batch_size=31 .*an even integer when data\.clean_in_lower_loss=True",
+    ),
+    ({"parallel.mode": "shard"}, r"parallel\.mode='shard' .*'jit', 'pmap'"),
+    (
+        {"num_parallel_seeds": 2, "parallel.mode": "pmap"},
+        r"num_parallel_seeds=2 needs data\.input='device' and parallel\.mode='jit'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    BAD_INPUT,
+    ids=["-".join(f"{k}={v}" for k, v in o.items()) for o, _ in BAD_INPUT],
+)
+def test_bad_input_is_a_config_error_before_any_compute(overrides, message, tmp_path, monkeypatch):
+    no_compute(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=message):
+        train.train_and_evaluate(tiny(overrides), str(tmp_path))
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "checkpoints").exists()
