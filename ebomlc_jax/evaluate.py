@@ -6,6 +6,9 @@
 - the meta model's label-correction accuracy on the noisy set D' against the true labels, and
   its confusion matrix (rows: true label, columns: argmax of g(h(x'), y')). Dropout is off; the
   meta model's BatchNorm uses each evaluation batch's statistics (it keeps no running averages).
+
+Batches are summed in one compiled `lax.scan` (GPU/TPU) or by a host loop over one compiled
+batch function (CPU, where XLA runs convolutions inside loops far slower).
 """
 
 from __future__ import annotations
@@ -37,75 +40,87 @@ def index_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
 class Evaluator:
     """Compiled evaluation of one run (or of vmapped seeds) on device-resident data."""
 
-    def __init__(self, method: Method, runner, batch_size: int, meta_correction: bool = True):
-        self.method = method
-        self.runner = runner
-        self.meta = meta_correction and method.uses_meta
+    def __init__(
+        self,
+        method: Method,
+        runner,
+        batch_size: int,
+        meta_correction: bool = True,
+        scan: bool | None = None,
+    ):
+        self.method, self.runner = method, runner
         d = runner.datas[0]
-        b = min(batch_size, d.num_noisy, d.num_clean, len(d.test_labels))
-        self.test_idx = index_batches(len(d.test_labels), b)
-        self.clean_idx = index_batches(d.num_clean, b)
-        self.noisy_idx = index_batches(d.num_noisy, b)
         self.num_classes = d.num_classes
-        fn = (
-            jax.vmap(self._evaluate, in_axes=(0, None, 0, None))
-            if runner.vmapped
-            else (self._evaluate)
+        b = min(batch_size, d.num_noisy, d.num_clean, len(d.test_labels))
+        # kind -> (per-batch sum function, [num_batches, b] indices, mask)
+        self.kinds = {
+            "test": (self._test_sums, *index_batches(len(d.test_labels), b)),
+            "clean": (self._clean_sums, *index_batches(d.num_clean, b)),
+        }
+        if meta_correction and method.uses_meta:
+            self.kinds["noisy"] = (self._confusion, *index_batches(d.num_noisy, b))
+        self.scan = jax.default_backend() != "cpu" if scan is None else scan
+        seeds = (
+            (lambda f: jax.vmap(f, in_axes=(0, None, 0, None, None, None)))
+            if (runner.vmapped)
+            else (lambda f: f)
         )
-        self._fn = jax.jit(fn)
+        self._batch_fns = {k: jax.jit(seeds(fn)) for k, (fn, _, _) in self.kinds.items()}
+        self._scan_fn = jax.jit(seeds(self._scan_all), static_argnums=()) if self.scan else None
 
+    # -- per-batch sums: (state, shared, per_seed, test, indices, mask) -> array
     def _classify(self, state, images, labels, mask):
         x = normalize(images, self.runner.shared["mean"], self.runner.shared["std"])
         logits = self.method.predict(state, x)[0]
-        logp = jax.nn.log_softmax(logits)
-        nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
         hits = jnp.argmax(logits, axis=-1) == labels
         return jnp.stack([jnp.sum(hits * mask), jnp.sum(nll * mask)])
 
-    def _evaluate(self, state, shared, per_seed, test):
-        def scan_sum(fn, batches):
-            """sum_b fn(*batch_b), one batch at a time (bounded device memory)."""
-            first = fn(*jax.tree.map(lambda x: x[0], batches))
-            rest = jax.tree.map(lambda x: x[1:], batches)
-            return jax.lax.scan(lambda acc, b: (acc + fn(*b), None), first, rest)[0]
+    def _test_sums(self, state, shared, per_seed, test, i, m):
+        return self._classify(state, test["images"][i], test["labels"][i], m)
 
-        idx, mask = self.test_idx
-        test_sums = scan_sum(
-            lambda i, m: self._classify(state, test["images"][i], test["labels"][i], m),
-            (idx, mask),
-        )
-        idx, mask = self.clean_idx
-        clean_sums = scan_sum(
-            lambda i, m: self._classify(
-                state,
-                jnp.take(shared["images"], per_seed["clean_index"][i], axis=0),
-                per_seed["clean_label"][i],
-                m,
-            ),
-            (idx, mask),
-        )
-        out = {
-            "test_accuracy": test_sums[0] / self.test_idx[1].sum(),
-            "clean_accuracy": clean_sums[0] / self.clean_idx[1].sum(),
-            "clean_loss": clean_sums[1] / self.clean_idx[1].sum(),
-        }
-        if self.meta:
-            idx, mask = self.noisy_idx
+    def _clean_sums(self, state, shared, per_seed, test, i, m):
+        images = jnp.take(shared["images"], per_seed["clean_index"][i], axis=0)
+        return self._classify(state, images, per_seed["clean_label"][i], m)
 
-            def confusion(i, m):
-                images = jnp.take(shared["images"], per_seed["noisy_index"][i], axis=0)
-                x = normalize(images, shared["mean"], shared["std"])
-                probs = self.method.correct_labels(state, x, per_seed["noisy_label"][i])
-                pred = jax.nn.one_hot(jnp.argmax(probs, -1), self.num_classes)
-                true = jax.nn.one_hot(per_seed["noisy_true_label"][i], self.num_classes)
-                return (true * m[:, None]).T @ pred
+    def _confusion(self, state, shared, per_seed, test, i, m):
+        images = jnp.take(shared["images"], per_seed["noisy_index"][i], axis=0)
+        x = normalize(images, shared["mean"], shared["std"])
+        probs = self.method.correct_labels(state, x, per_seed["noisy_label"][i])
+        pred = jax.nn.one_hot(jnp.argmax(probs, -1), self.num_classes)
+        true = jax.nn.one_hot(per_seed["noisy_true_label"][i], self.num_classes)
+        return (true * m[:, None]).T @ pred
 
-            counts = scan_sum(confusion, (idx, mask))
-            out["meta_correction_accuracy"] = jnp.trace(counts) / self.noisy_idx[1].sum()
-            out["meta_confusion"] = counts
+    def _scan_all(self, state, shared, per_seed, test, _i=None, _m=None):
+        out = {}
+        for kind, (fn, idx, mask) in self.kinds.items():
+            first = fn(state, shared, per_seed, test, idx[0], mask[0])
+            step = lambda acc, b, fn=fn: (acc + fn(state, shared, per_seed, test, *b), None)  # noqa: E731
+            out[kind] = jax.lax.scan(step, first, (idx[1:], mask[1:]))[0]
         return out
 
     def __call__(self, state: PyTree) -> dict[str, np.ndarray]:
         """Evaluation scalars (and the confusion counts); leading seed axis when vmapped."""
         r = self.runner
-        return jax.device_get(self._fn(state, r.shared, r.per_seed, r.test))
+        args = (state, r.shared, r.per_seed, r.test)
+        if self.scan:
+            sums = self._scan_fn(*args, None, None)
+        else:
+            sums = {}
+            for kind, (_, idx, mask) in self.kinds.items():
+                fn = self._batch_fns[kind]
+                parts = [fn(*args, i, m) for i, m in zip(idx, mask, strict=True)]
+                sums[kind] = sum(parts[1:], parts[0])
+        sums = jax.device_get(sums)
+        count = {k: v[2].sum() for k, v in self.kinds.items()}
+        out = {
+            "test_accuracy": sums["test"][..., 0] / count["test"],
+            "clean_accuracy": sums["clean"][..., 0] / count["clean"],
+            "clean_loss": sums["clean"][..., 1] / count["clean"],
+        }
+        if "noisy" in sums:
+            out["meta_correction_accuracy"] = (
+                np.trace(sums["noisy"], axis1=-2, axis2=-1) / count["noisy"]
+            )
+            out["meta_confusion"] = sums["noisy"]
+        return out

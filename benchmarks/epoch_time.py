@@ -1,0 +1,100 @@
+"""Epoch time on CIFAR-shaped synthetic data: on-device scan vs step loop, devices, vmapped seeds.
+
+Each configuration trains one warm-up epoch (compilation) and then times `--epochs` epochs;
+`--steps` caps an epoch (0 = the full 490 steps of CIFAR at batch 100).
+
+    python -m benchmarks.epoch_time --tag cpu --steps 10                  # scan vs loop
+    python -m benchmarks.epoch_time --tag cpu --steps 10 --seeds 1,3      # vmapped seeds
+    python -m benchmarks.epoch_time --tag cpu4 --steps 10 --fake-cpu-devices 4 --devices 1,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--method", default="ebomlc-paper")
+    ap.add_argument("--num-classes", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--modes", default="scan,loop", help="scan and/or loop (device input)")
+    ap.add_argument("--seeds", default="1", help="numbers of vmapped seeds to compare, e.g. 1,3")
+    ap.add_argument("--devices", default="1", help="device counts to compare, e.g. 1,4")
+    ap.add_argument("--fake-cpu-devices", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.fake_cpu_devices:  # must precede jax's start
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={args.fake_cpu_devices}"
+        )
+    import time
+
+    import jax
+
+    from benchmarks import common
+    from ebomlc_jax import epochs
+    from ebomlc_jax.data.device import BatchSpec
+
+    rows = []
+    for n_seeds in map(int, args.seeds.split(",")):
+        datas = [common.synthetic_cifar(args.num_classes, seed=s) for s in range(n_seeds)]
+        d = datas[0]
+        spec = BatchSpec(d.num_noisy, d.num_clean, 100, 100, True, 4, args.steps)
+        for n_dev in map(int, args.devices.split(",")):
+            for mode in args.modes.split(","):
+                method = common.make_method(args.method, args.num_classes, spec.steps_per_epoch)
+                runner = epochs.Runner(
+                    method,
+                    spec,
+                    datas,
+                    list(range(n_seeds)),
+                    "device",
+                    mode == "scan",
+                    "jit",
+                    n_dev,
+                )
+                state = runner.init_state()
+                t = time.perf_counter()
+                state, _ = runner.run_epoch(state, 0)
+                jax.block_until_ready(state)
+                first = time.perf_counter() - t
+                t = time.perf_counter()
+                for e in range(1, 1 + args.epochs):
+                    state, meas = runner.run_epoch(state, e)
+                jax.block_until_ready(state)
+                per_epoch = (time.perf_counter() - t) / args.epochs
+                rows.append(
+                    {
+                        "mode": mode,
+                        "seeds": n_seeds,
+                        "devices": n_dev,
+                        "steps_per_epoch": spec.steps_per_epoch,
+                        "first_epoch_s": first,
+                        "epoch_s": per_epoch,
+                        "steps_per_s": spec.steps_per_epoch / per_epoch,
+                        "seed_steps_per_s": n_seeds * spec.steps_per_epoch / per_epoch,
+                    }
+                )
+                print(rows[-1], flush=True)
+                del state, runner
+    print(f"{'mode':5s} {'seeds':>5s} {'dev':>4s} {'epoch s':>9s} {'steps/s':>8s} {'x 1st':>6s}")
+    for r in rows:
+        print(
+            f"{r['mode']:5s} {r['seeds']:5d} {r['devices']:4d} {r['epoch_s']:9.3f} "
+            f"{r['steps_per_s']:8.1f} {r['epoch_s'] / rows[0]['epoch_s']:6.2f}"
+        )
+    tag = args.tag or jax.default_backend()
+    common.write(
+        f"epoch_time_{tag}_{args.method}",
+        {"benchmark": "epoch_time", "machine": common.machine(), "args": vars(args), "rows": rows},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

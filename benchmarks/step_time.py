@@ -1,0 +1,94 @@
+"""Step time of every method on ResNet-32, CIFAR-shaped batches (100 noisy + 100 clean).
+
+All in one process, after compilation; median of repeated timings; images/s counts the 200
+images of a step; ratio = step time / CE step time.
+
+    python -m benchmarks.step_time --tag cpu --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+
+
+def batches(num_classes: int, seed: int = 0):
+    k = jax.random.split(jax.random.key(seed), 5)
+    noisy = {
+        "image": jax.random.normal(k[0], (100, 32, 32, 3)),
+        "label": jax.random.randint(k[1], (100,), 0, num_classes),
+        "true_label": jax.random.randint(k[2], (100,), 0, num_classes),
+    }
+    clean = {
+        "image": jax.random.normal(k[3], (100, 32, 32, 3)),
+        "label": jax.random.randint(k[4], (100,), 0, num_classes),
+    }
+    return noisy, clean
+
+
+def measure(key: str, num_classes: int, repeats: int, warmup: int, dtype=None) -> dict:
+    method = common.make_method(key, num_classes, dtype=dtype)
+    noisy, clean = batches(num_classes)
+    state = method.init(jax.random.key(0), noisy["image"][:1])
+    step = jax.jit(method.step, donate_argnums=0)
+    t = time.perf_counter()
+    compiled = step.lower(state, noisy, clean).compile()
+    compile_s = time.perf_counter() - t
+    mem = compiled.memory_analysis()
+    box = [state]
+
+    def one():
+        box[0], meas = compiled(box[0], noisy, clean)
+        jax.block_until_ready(meas)
+
+    for _ in range(warmup):
+        one()
+    timing = common.timeit(one, repeats)
+    return {
+        "method": key,
+        "compile_s": compile_s,
+        **timing,
+        "images_per_s": 200 / timing["median_s"],
+        "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+        "peak_memory_bytes_so_far": common.peak_memory_bytes(),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tag", default=jax.default_backend())
+    ap.add_argument("--num-classes", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--methods", default=",".join(common.METHODS))
+    ap.add_argument("--dtype", default=None, help="main-model compute dtype, e.g. bfloat16")
+    args = ap.parse_args(argv)
+    dtype = jnp.dtype(args.dtype) if args.dtype else None
+    rows = [
+        measure(k, args.num_classes, args.repeats, args.warmup, dtype)
+        for k in args.methods.split(",")
+    ]
+    ce = next((r["median_s"] for r in rows if r["method"] == "ce"), None)
+    for r in rows:
+        r["ratio_to_ce"] = r["median_s"] / ce if ce else None
+    print(f"{'method':24s} {'s/step':>9s} {'img/s':>8s} {'x CE':>6s} {'compile s':>9s}")
+    for r in rows:
+        ratio = f"{r['ratio_to_ce']:.2f}" if r["ratio_to_ce"] else "-"
+        print(
+            f"{r['method']:24s} {r['median_s']:9.4f} {r['images_per_s']:8.0f} {ratio:>6s} "
+            f"{r['compile_s']:9.1f}"
+        )
+    common.write(
+        f"step_time_{args.tag}_k{args.num_classes}",
+        {"benchmark": "step_time", "machine": common.machine(), "dtype": args.dtype, "rows": rows},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
