@@ -6,8 +6,6 @@ import json
 import pathlib
 import re
 
-import jax
-import jax.experimental.compilation_cache.compilation_cache as compilation_cache
 import pytest
 
 from ebomlc_jax import train, validate
@@ -45,24 +43,9 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """A persistent XLA cache for this module: the settings of one dataset compile the same
-    programs (noise only changes the labels), so each is compiled once, not seven times."""
-    path = tmp_path_factory.mktemp("xla_cache")
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    saved = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield path
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
+def _compile_cache(compile_cache):
+    """Every run in this module compiles the same few programs: pay each compile once."""
+    return compile_cache
 
 
 def test_the_fourteen_cifar_settings_exist():

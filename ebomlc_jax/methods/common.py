@@ -197,6 +197,31 @@ class Method:
         """The training-mode meta model with dropout key `key`."""
         return meta_fn(self.meta_model, key, self.axis_name)
 
+    def objectives(
+        self,
+        state: State,
+        noisy_batch: Batch,
+        clean_batch: Batch,
+        lower_keys: list[jax.Array],
+        upper_key: jax.Array | None = None,
+        rho: float = 1.0,
+        mixture=bilevel.mixture_nll,
+    ) -> tuple[bilevel.Objective, list[bilevel.Objective]]:
+        """F on the (first half of the) clean batch and one G per dropout key in `lower_keys`.
+
+        F mixes in the meta model (Eq. 9, its own dropout key) when `upper_key` is given, else
+        it is the plain CE of Eq. 2. G holds the second clean half when clean_in_lower_loss.
+        """
+        apply = self.apply_fn(state)
+        upper_batch, lower_clean = split_clean(clean_batch, self.clean_in_lower_loss)
+        upper_meta = None if upper_key is None else self.meta_fn(upper_key)
+        upper = bilevel.upper_objective(upper_batch, apply, upper_meta, rho, mixture)
+        lowers = [
+            bilevel.lower_objective(noisy_batch, apply, self.meta_fn(k), lower_clean)
+            for k in lower_keys
+        ]
+        return upper, lowers
+
     def update_meta(self, state: State, grad_meta: PyTree) -> State:
         """One AMSGrad step of the meta model along `grad_meta`."""
         updates, opt = self.meta_tx.update(grad_meta, state["meta_opt"], state["meta"]["params"])

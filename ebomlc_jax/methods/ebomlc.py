@@ -45,19 +45,6 @@ class EBOMLC(common.Method):
             return self._paper_step(state, noisy_batch, clean_batch)
         return self._reference_step(state, noisy_batch, clean_batch)
 
-    def _objectives(self, state, noisy_batch, clean_batch, keys, mixture):
-        """Upper and lower objectives with their own dropout keys (lower: one per G call)."""
-        apply = self.apply_fn(state)
-        upper_batch, lower_clean = common.split_clean(clean_batch, self.clean_in_lower_loss)
-        upper = bilevel.upper_objective(
-            upper_batch, apply, self.meta_fn(keys[0]), self.rho, mixture
-        )
-        lowers = [
-            bilevel.lower_objective(noisy_batch, apply, self.meta_fn(k), lower_clean)
-            for k in keys[1:]
-        ]
-        return upper, lowers
-
     def _paper_step(self, state, noisy_batch, clean_batch):
         """Algorithm 2: w <- w - eta_w (grad_w F + xi beta grad_w Q), alpha likewise (Eq. 13-14).
 
@@ -66,8 +53,8 @@ class EBOMLC(common.Method):
         still at w), so the two settings differ by exactly the inner step.
         """
         lr, keys, state = self.begin(state, 2)
-        upper, (lower,) = self._objectives(
-            state, noisy_batch, clean_batch, keys, bilevel.mixture_nll
+        upper, (lower,) = self.objectives(
+            state, noisy_batch, clean_batch, keys[1:], keys[0], self.rho, bilevel.mixture_nll
         )
         w, alpha = state["main"]["params"], state["meta"]["params"]
         (d_main, d_meta), aux = bilevel.barrier_direction(
@@ -86,8 +73,8 @@ class EBOMLC(common.Method):
         main: SGD step from w1 along beta dQ_w + u_F; meta: AMSGrad along beta dQ_a + grad_a F.
         """
         lr, keys, state = self.begin(state, 3)
-        upper, (lower, lower_inner) = self._objectives(
-            state, noisy_batch, clean_batch, keys, logit_probability_mixture
+        upper, (lower, lower_inner) = self.objectives(
+            state, noisy_batch, clean_batch, keys[1:], keys[0], self.rho, logit_probability_mixture
         )
         w, alpha = state["main"]["params"], state["meta"]["params"]
         trace = common.momentum_buffer(state["main_opt"])

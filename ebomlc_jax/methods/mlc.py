@@ -24,10 +24,7 @@ class MLC(common.Method):
 
     def _step(self, state, noisy_batch, clean_batch):
         lr, (key,), state = self.begin(state, 1)
-        apply = self.apply_fn(state)
-        upper_batch, lower_clean = common.split_clean(clean_batch, self.clean_in_lower_loss)
-        upper = bilevel.upper_objective(upper_batch, apply, None)
-        lower = bilevel.lower_objective(noisy_batch, apply, self.meta_fn(key), lower_clean)
+        upper, (lower,) = self.objectives(state, noisy_batch, clean_batch, [key])
         w, alpha = state["main"]["params"], state["meta"]["params"]
         trace = common.momentum_buffer(state["main_opt"])
         # The alpha-free part of the optimiser lookahead: -eta (mu b + lambda w).

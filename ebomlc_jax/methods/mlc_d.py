@@ -26,10 +26,7 @@ class MLCD(common.Method):
 
     def _step(self, state, noisy_batch, clean_batch):
         lr, (key,), state = self.begin(state, 1)
-        apply = self.apply_fn(state)
-        upper_batch, lower_clean = common.split_clean(clean_batch, self.clean_in_lower_loss)
-        upper = bilevel.upper_objective(upper_batch, apply, None)
-        lower = bilevel.lower_objective(noisy_batch, apply, self.meta_fn(key), lower_clean)
+        upper, (lower,) = self.objectives(state, noisy_batch, clean_batch, [key])
         w, alpha = state["main"]["params"], state["meta"]["params"]
         (d_main, d_meta), aux = bilevel.barrier_direction(
             upper, lower, w, alpha, delta=self.delta, xi=1.0, lr=lr, steps=self.k
