@@ -130,15 +130,26 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _check_finite(meas: dict[str, np.ndarray], epoch: int, steps_per_epoch: int) -> None:
-    """Raise DivergenceError naming the first step whose measurements are NaN/Inf."""
+def _check_finite(
+    meas: dict[str, np.ndarray], epoch: int, steps_per_epoch: int, evaluation: bool = False
+) -> None:
+    """Raise DivergenceError naming the first step whose measurements are NaN/Inf.
+
+    Steps count from 1, as in metrics.jsonl (step k = after k optimiser steps); evaluation
+    values are reported by their epoch.
+    """
     for name, values in meas.items():
         bad = ~np.isfinite(values)
         if bad.any():
-            step = np.argwhere(bad)[0][-1] + epoch * steps_per_epoch
+            index = int(np.argwhere(bad)[0][-1])
+            value = values.reshape(-1, values.shape[-1])[:, index]
+            where = (
+                f"the evaluation after epoch {epoch + 1}"
+                if evaluation
+                else f"step {epoch * steps_per_epoch + index + 1} (epoch {epoch + 1})"
+            )
             raise DivergenceError(
-                f"{name} is {values.reshape(-1, values.shape[-1])[:, step % steps_per_epoch]} at "
-                f"step {step} (epoch {epoch + 1}): training diverged; the last good checkpoint "
+                f"{name} is {value} at {where}: training diverged; the last good checkpoint "
                 f"(end of epoch {epoch}) is kept"
             )
 
@@ -247,7 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             state, meas = runner.run_epoch(state, epoch)
             _check_finite(meas, epoch, spe)
             ev = evaluator(state)
-            _check_finite({"eval/clean_loss": np.asarray(ev["clean_loss"])[..., None]}, epoch, 1)
+            _check_finite(
+                {"eval/clean_loss": np.asarray(ev["clean_loss"])[..., None]}, epoch, 1, True
+            )
             seconds = time.time() - t0
             step = (epoch + 1) * spe
             for i, (writer, record, run_dir) in enumerate(

@@ -413,7 +413,7 @@ def test_divergence_stops_with_the_quantity_and_step_and_keeps_the_last_checkpoi
     }
     assert name in train_keys | {"eval/clean_loss"}, name
     assert epoch == FINISHED_EPOCHS + 1
-    assert FINISHED_EPOCHS * STEPS <= step <= (FINISHED_EPOCHS + 1) * STEPS
+    assert FINISHED_EPOCHS * STEPS < step <= (FINISHED_EPOCHS + 1) * STEPS  # 1-based, as logged
     assert f"end of epoch {FINISHED_EPOCHS}" in message
     # No checkpoint of the diverged epoch; the last good one restores.
     assert checkpoint_epochs(workdir) == before
