@@ -12,7 +12,7 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow (via tfds/clu) loads
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -36,6 +36,8 @@ def default_workdir(config_path: str, config) -> str:
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 shows it again
+        logging.set_verbosity(logging.WARNING)
     _hide_accelerators_from_tensorflow()
     from ebomlc_jax import train  # after absl parsed the flags
 
