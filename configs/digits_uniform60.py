@@ -1,6 +1,6 @@
 """Offline demo: ResNet-32 + EBOMLC on scikit-learn's bundled 8x8 digits, 60% uniform noise.
 
-Runs on a fresh machine with no download (about two minutes on 2 CPU cores); the default of
+Runs on a fresh machine with no download (about one minute on 2 CPU cores); the default of
 `python run.py`.
 
     python run.py --config=configs/digits_uniform60.py --workdir=workdirs/digits_uniform60
