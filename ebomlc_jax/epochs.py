@@ -29,6 +29,15 @@ PyTree = Any
 Measurements = dict[str, np.ndarray]  # name -> [steps] (or [seeds, steps])
 
 
+def check_parallel_seeds(num_seeds: int, input: str, mode: str) -> None:
+    """Vmapped seeds need the on-device input and jit mode: ConfigError otherwise."""
+    if num_seeds > 1 and (input != "device" or mode != "jit"):
+        raise ConfigError(
+            f"num_parallel_seeds={num_seeds} needs data.input='device' and "
+            f"parallel.mode='jit' (got {input!r}, {mode!r})"
+        )
+
+
 def _stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -54,11 +63,7 @@ class Runner:
                 f"parallel.mode={self.mode!r} is not allowed; allowed values: {parallel.MODES}"
             )
         self.vmapped = len(self.seeds) > 1
-        if self.vmapped and (self.input != "device" or self.mode != "jit"):
-            raise ConfigError(
-                f"num_parallel_seeds={len(self.seeds)} needs data.input='device' and "
-                f"parallel.mode='jit' (got {self.input!r}, {self.mode!r})"
-            )
+        check_parallel_seeds(len(self.seeds), self.input, self.mode)
         if self.vmapped and self.num_devices > 1:
             raise ConfigError(
                 f"num_parallel_seeds={len(self.seeds)} runs on one device; allowed "
@@ -194,7 +199,7 @@ class Runner:
         return from_host
 
     def _open_streams(self, start: int) -> tuple[Iterator, Iterator]:
-        data, keys, spec = self.datas[0], dd.data_keys(self.seeds[0]), self.spec
+        data, keys, spec = self.datas[0], self.keys, self.spec
         if self.input == "host":
             return (
                 pipeline.noisy_stream(data, keys["noisy"], spec.batch_size, start),

@@ -60,13 +60,15 @@ class Evaluator:
         if meta_correction and method.uses_meta:
             self.kinds["noisy"] = (self._confusion, *index_batches(d.num_noisy, b))
         self.scan = jax.default_backend() != "cpu" if scan is None else scan
-        seeds = (
-            (lambda f: jax.vmap(f, in_axes=(0, None, 0, None, None, None)))
-            if (runner.vmapped)
-            else (lambda f: f)
-        )
-        self._batch_fns = {k: jax.jit(seeds(fn)) for k, (fn, _, _) in self.kinds.items()}
-        self._scan_fn = jax.jit(seeds(self._scan_all), static_argnums=()) if self.scan else None
+
+        def seeds(f, *batch_axes):  # vmap over (state, per_seed) when seeds are vmapped
+            axes = (0, None, 0, None, *batch_axes)
+            return jax.vmap(f, in_axes=axes) if runner.vmapped else f
+
+        self._batch_fns = {
+            k: jax.jit(seeds(fn, None, None)) for k, (fn, _, _) in self.kinds.items()
+        }
+        self._scan_fn = jax.jit(seeds(self._scan_all)) if self.scan else None
 
     # -- per-batch sums: (state, shared, per_seed, test, indices, mask) -> array
     def _classify(self, state, images, labels, mask):
@@ -91,7 +93,7 @@ class Evaluator:
         true = jax.nn.one_hot(per_seed["noisy_true_label"][i], self.num_classes)
         return (true * m[:, None]).T @ pred
 
-    def _scan_all(self, state, shared, per_seed, test, _i=None, _m=None):
+    def _scan_all(self, state, shared, per_seed, test):
         out = {}
         for kind, (fn, idx, mask) in self.kinds.items():
             first = fn(state, shared, per_seed, test, idx[0], mask[0])
@@ -104,7 +106,7 @@ class Evaluator:
         r = self.runner
         args = (state, r.shared, r.per_seed, r.test)
         if self.scan:
-            sums = self._scan_fn(*args, None, None)
+            sums = self._scan_fn(*args)
         else:
             sums = {}
             for kind, (_, idx, mask) in self.kinds.items():

@@ -24,6 +24,7 @@ from absl import logging
 from ebomlc_jax import checkpoint, epochs, evaluate, logs, methods, models, parallel, validate
 from ebomlc_jax.data import build_data
 from ebomlc_jax.data.device import BatchSpec
+from ebomlc_jax.data.pipeline import check_batch_size
 from ebomlc_jax.errors import ConfigError
 
 
@@ -187,12 +188,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         for s in seeds
     ]
     d0 = datas[0]
-    for field, size, n in (
-        ("data.batch_size", config.data.batch_size, d0.num_noisy),
-        ("data.clean_batch_size", config.data.clean_batch_size, d0.num_clean),
-    ):
-        if size > n:
-            raise ConfigError(f"{field}={size} is not allowed; allowed values: [1, {n}] (set size)")
+    check_batch_size(config.data.batch_size, d0.num_noisy, "data.batch_size")
+    check_batch_size(config.data.clean_batch_size, d0.num_clean, "data.clean_batch_size")
     num_devices = parallel.device_count(config.parallel.num_devices or None)
     halves = config.data.clean_in_lower_loss and config.method.name != "ce"
     if num_devices > 1:

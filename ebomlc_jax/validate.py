@@ -8,7 +8,7 @@ import ml_collections
 
 from ebomlc_jax import epochs, methods, parallel
 from ebomlc_jax.data import DATASETS, NOISE_KINDS
-from ebomlc_jax.errors import ConfigError, allowed
+from ebomlc_jax.errors import allowed
 from ebomlc_jax.methods.ebomlc import VARIANTS
 
 DTYPES = ("float32", "bfloat16")
@@ -88,8 +88,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("log_every_steps", c.log_every_steps, 1, inf, integer=True, high_open=True)
     _choice("parallel.mode", c.parallel.mode, parallel.MODES)
     _number("parallel.num_devices", c.parallel.num_devices, 0, inf, integer=True, high_open=True)
-    if c.num_parallel_seeds > 1 and (c.data.input != "device" or c.parallel.mode != "jit"):
-        raise ConfigError(
-            f"num_parallel_seeds={c.num_parallel_seeds} needs data.input='device' and "
-            f"parallel.mode='jit' (got {c.data.input!r}, {c.parallel.mode!r})"
-        )
+    epochs.check_parallel_seeds(c.num_parallel_seeds, c.data.input, c.parallel.mode)

@@ -92,8 +92,8 @@ def build_data(
     )
 
 
-def _check_batch_size(batch_size: int, num_examples: int, field: str) -> None:
-    """A batch must be a positive int no larger than the set it is drawn from."""
+def check_batch_size(batch_size: int, num_examples: int, field: str) -> None:
+    """ConfigError unless `field` is a positive int no larger than the set it draws from."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise errors.allowed(field, batch_size, f"an integer in [1, {num_examples}]")
     if not 0 < batch_size <= num_examples:
@@ -104,7 +104,7 @@ def epoch_batches(
     key: jax.Array, epoch, num_examples: int, batch_size: int, *, field: str = "data.batch_size"
 ) -> jax.Array:
     """int32 [num_examples // batch_size, batch_size]: one shuffled pass, remainder dropped."""
-    _check_batch_size(batch_size, num_examples, field)
+    check_batch_size(batch_size, num_examples, field)
     steps = num_examples // batch_size
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
     return perm[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
@@ -119,7 +119,7 @@ def stream_batch(
     field: str = "data.clean_batch_size",
 ) -> jax.Array:
     """int32 [batch_size]: batch number `step` of a stream reshuffled every pass over the set."""
-    _check_batch_size(batch_size, num_examples, field)
+    check_batch_size(batch_size, num_examples, field)
     steps_per_pass = num_examples // batch_size
     rows = epoch_batches(key, step // steps_per_pass, num_examples, batch_size, field=field)
     return rows[step % steps_per_pass]
@@ -150,7 +150,7 @@ def _index_stream(
     key: jax.Array, num_examples: int, batch_size: int, start_step: int, field: str
 ) -> Iterator[np.ndarray]:
     """Rows of epoch_batches pass after pass, from global step `start_step` on (checks eagerly)."""
-    _check_batch_size(batch_size, num_examples, field)
+    check_batch_size(batch_size, num_examples, field)
     if isinstance(start_step, bool) or not isinstance(start_step, int | np.integer):
         raise errors.allowed("start_step", start_step, "an integer >= 0")
     if start_step < 0:
