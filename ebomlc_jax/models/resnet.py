@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ebomlc_jax.models.conv import conv_general_dilated
+
 # Kaiming-normal, fan_in, gain sqrt(2), *untruncated* (PyTorch's kaiming_normal_, used by the
 # reference); flax's default he_normal is truncated.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -31,6 +33,7 @@ def conv3x3(features: int, strides: int, dtype, name: str) -> nn.Conv:
         use_bias=False,
         kernel_init=kaiming_normal,
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 

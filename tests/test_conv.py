@@ -1,0 +1,79 @@
+"""The canonical-derivative convolution: lax's numbers, and only canonical convolutions in scans."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from ebomlc_jax import models
+from ebomlc_jax.models.conv import conv_general_dilated
+
+DN = ("NHWC", "HWIO", "NHWC")
+CANONICAL = "dim_labels=b01f_01io->b01f"
+
+
+def losses(stride):
+    pad = [(1, 1), (1, 1)]
+    ref = lambda x, w: jnp.sum(  # noqa: E731
+        jnp.sin(lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=DN))
+    )
+    ours = lambda x, w: jnp.sum(  # noqa: E731
+        jnp.sin(conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=DN))
+    )
+    return ref, ours
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_values_and_derivatives_equal_lax(stride):
+    with jax.enable_x64():
+        k = jax.random.split(jax.random.key(0), 4)
+        x = jax.random.normal(k[0], (3, 8, 8, 5), jnp.float64)
+        w = jax.random.normal(k[1], (3, 3, 5, 7), jnp.float64)
+        tx = jax.random.normal(k[2], x.shape, jnp.float64)
+        tw = jax.random.normal(k[3], w.shape, jnp.float64)
+        ref, ours = losses(stride)
+        close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)  # noqa: E731
+        close(ours(x, w), ref(x, w))
+        for a, b in zip(jax.grad(ours, (0, 1))(x, w), jax.grad(ref, (0, 1))(x, w), strict=True):
+            close(a, b)
+        close(jax.jvp(ours, (x, w), (tx, tw))[1], jax.jvp(ref, (x, w), (tx, tw))[1])
+        # forward-only tangent of the weights (MLC's JVP), and reverse-over-reverse (MLC-D)
+        close(
+            jax.jvp(lambda w: ours(x, w), (w,), (tw,))[1],
+            jax.jvp(lambda w: ref(x, w), (w,), (tw,))[1],
+        )
+        sq = lambda f: jax.grad(lambda w: jnp.sum(jax.grad(f, 1)(x, w) ** 2))(w)  # noqa: E731
+        close(sq(ours), sq(ref))
+
+
+def test_other_layouts_fall_back_to_lax():
+    x, w = jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3))
+    got = conv_general_dilated(x, w, (1, 1), "SAME")  # NCHW default, string padding
+    np.testing.assert_array_equal(got, lax.conv_general_dilated(x, w, (1, 1), "SAME"))
+
+
+def test_training_scan_compiles_to_canonical_convolutions_only():
+    """In a `lax.scan`, XLA:CPU does not rewrite non-canonical convolutions (jax-ml/jax#12868)."""
+    model = models.CifarResNet(4, blocks_per_stage=1, widths=(4, 8))
+    x, y = jnp.ones((4, 8, 8, 3)), jnp.arange(4) % 4
+    v = model.init(jax.random.key(0), x, train=False)
+
+    def step(params, _):
+        def loss(p):
+            out, _ = model.apply(
+                {"params": p, "batch_stats": v["batch_stats"]}, x, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(out[0], y).mean()
+
+        g = jax.grad(loss)(params)
+        return jax.tree.map(lambda a, b: a - 0.1 * b, params, g), None
+
+    hlo = jax.jit(lambda p: lax.scan(step, p, length=2)[0]).lower(v["params"]).compile().as_text()
+    convs = re.findall(r"convolution\(.*?dim_labels=\S+", hlo)
+    # 5 convolutions: forward and weight gradient of each, input gradient of all but the stem
+    assert len(convs) == 5 + 5 + 4
+    assert all(CANONICAL in c for c in convs), [c for c in convs if CANONICAL not in c]
