@@ -90,17 +90,6 @@ def build_method(
     return methods.create(m.name, **common, **extra)
 
 
-def scan_epochs(config: ml_collections.ConfigDict) -> bool:
-    """`data.scan_epochs`, or by default: scan everywhere but on CPU.
-
-    XLA:CPU lowers convolutions inside a while loop (a scan) without its fast convolution
-    library: measured 40x slower per step on 2 cores, so the CPU default is the step loop.
-    """
-    if config.data.scan_epochs is not None:
-        return config.data.scan_epochs
-    return jax.default_backend() != "cpu"
-
-
 def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     """Write config.json on the first run; refuse to resume under a different config."""
     path = workdir / "config.json"
@@ -214,7 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         datas,
         seeds,
         input=config.data.input,
-        scan=scan_epochs(config),
+        scan=config.data.scan_epochs,
         mode=config.parallel.mode,
         num_devices=num_devices,
     )

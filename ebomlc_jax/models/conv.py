@@ -34,7 +34,7 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ) -> jax.Array:
-    """`lax.conv_general_dilated` (drop-in for `nn.Conv`), canonical derivatives for 2-D NHWC."""
+    """`lax.conv_general_dilated` (drop-in for `nn.Conv`); canonical derivatives on CPU."""
     plain = (
         lhs.ndim == 4
         and isinstance(padding, Sequence)
@@ -46,22 +46,29 @@ def conv_general_dilated(
         and preferred_element_type is None
         and _is_nhwc(lhs.ndim, dimension_numbers)
     )
+    as_lax = functools.partial(
+        lax.conv_general_dilated,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     if not plain:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-            precision,
-            preferred_element_type,
-        )
+        return as_lax(lhs, rhs)
+    strides = tuple(int(s) for s in window_strides)
     pads = tuple(tuple(int(p) for p in pair) for pair in padding)
-    return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+
+    def canonical(x, w):
+        return _conv(x, w, strides, pads, precision)
+
+    # GPUs keep lax's rule: cuDNN has its own weight-gradient kernels (and our GPU timings were
+    # taken with it). The branch is chosen when lowering; the compiled program has no conditional.
+    return lax.platform_dependent(lhs, rhs, cpu=canonical, default=as_lax)
 
 
 def _is_nhwc(ndim: int, dimension_numbers) -> bool:
