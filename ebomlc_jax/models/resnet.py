@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ebomlc_jax.models.conv import conv_general_dilated
+from ebomlc_jax.models.xla_cpu import conv_general_dilated, materialize
 
 # Kaiming-normal, fan_in, gain sqrt(2), *untruncated* (PyTorch's kaiming_normal_, used by the
 # reference); flax's default he_normal is truncated.
@@ -69,7 +69,7 @@ class BasicBlock(nn.Module):
             shortcut = x[:, :: self.strides, :: self.strides, :]
             pad = self.features - x.shape[-1]
             shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
-        return nn.relu(y + shortcut)
+        return materialize(nn.relu(y + shortcut))
 
 
 class CifarResNet(nn.Module):

@@ -1,4 +1,4 @@
-"""The canonical-derivative convolution: lax's numbers, and only canonical convolutions in scans."""
+"""XLA:CPU workarounds: lax's numbers exactly, canonical convolutions in scans, no recompute."""
 
 import re
 
@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from ebomlc_jax import models
-from ebomlc_jax.models.conv import conv_general_dilated
+from ebomlc_jax.models.xla_cpu import conv_general_dilated, materialize
 
 DN = ("NHWC", "HWIO", "NHWC")
 CANONICAL = "dim_labels=b01f_01io->b01f"
@@ -77,3 +77,30 @@ def test_training_scan_compiles_to_canonical_convolutions_only():
     # 5 convolutions: forward and weight gradient of each, input gradient of all but the stem
     assert len(convs) == 5 + 5 + 4
     assert all(CANONICAL in c for c in convs), [c for c in convs if CANONICAL not in c]
+
+
+def test_materialize_is_exact_in_value_and_gradient():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8)) * 1e30
+    x = x.at[0, 0, 0, :2].set(jnp.array([0.0, -0.0]))
+    np.testing.assert_array_equal(materialize(x), x)  # bitwise for normal floats; -0.0 == 0.0
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(materialize(x))))(x)
+    np.testing.assert_array_equal(g, jnp.cos(x))
+
+
+def max_fusion_operands(blocks_per_stage: int) -> int:
+    model = models.CifarResNet(4, blocks_per_stage=blocks_per_stage, widths=(4, 8))
+    x, y = jnp.ones((4, 8, 8, 3)), jnp.arange(4) % 4
+    v = model.init(jax.random.key(0), x, train=False)
+
+    def loss(p):
+        out, _ = model.apply({"params": p, "batch_stats": v["batch_stats"]}, x, mutable=True)
+        return optax.softmax_cross_entropy_with_integer_labels(out[0], y).mean()
+
+    hlo = jax.jit(jax.grad(loss)).lower(v["params"]).compile().as_text()
+    calls = re.findall(r" fusion\((.*?)\), kind=", hlo)
+    return max(c.count("%") for c in calls)
+
+
+def test_residual_stream_is_not_recomputed_in_deeper_nets():
+    """Without `materialize`, fusions read every earlier block's outputs: width grows with depth."""
+    assert max_fusion_operands(4) == max_fusion_operands(2)
