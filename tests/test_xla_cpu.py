@@ -9,8 +9,8 @@ import optax
 import pytest
 from jax import lax
 
-from ebomlc_jax import models
-from ebomlc_jax.models.xla_cpu import conv_general_dilated, materialize
+from ebomlc_jax import models, xla_cpu
+from ebomlc_jax.xla_cpu import conv_general_dilated, materialize
 
 DN = ("NHWC", "HWIO", "NHWC")
 CANONICAL = "dim_labels=b01f_01io->b01f"
@@ -73,6 +73,7 @@ def test_training_scan_compiles_to_canonical_convolutions_only():
         return jax.tree.map(lambda a, b: a - 0.1 * b, params, g), None
 
     hlo = jax.jit(lambda p: lax.scan(step, p, length=2)[0]).lower(v["params"]).compile().as_text()
+    assert "conditional" not in hlo  # lax.platform_dependent's branch is resolved when lowering
     convs = re.findall(r"convolution\(.*?dim_labels=\S+", hlo)
     # 5 convolutions: forward and weight gradient of each, input gradient of all but the stem
     assert len(convs) == 5 + 5 + 4
@@ -104,3 +105,11 @@ def max_fusion_operands(blocks_per_stage: int) -> int:
 def test_residual_stream_is_not_recomputed_in_deeper_nets():
     """Without `materialize`, fusions read every earlier block's outputs: width grows with depth."""
     assert max_fusion_operands(4) == max_fusion_operands(2)
+
+
+def test_compiler_options_turn_ynnpack_off_on_cpu():
+    f = lambda a, b: jnp.tanh(a @ b)  # noqa: E731
+    a = jnp.ones((64, 64))
+    assert "ynn_fusion" in jax.jit(f).lower(a, a).compile().as_text()  # XLA:CPU's default
+    opts = xla_cpu.compiler_options()
+    assert "ynn_fusion" not in jax.jit(f, compiler_options=opts).lower(a, a).compile().as_text()

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ebomlc_jax.models.xla_cpu import conv_general_dilated, materialize
+from ebomlc_jax.xla_cpu import conv_general_dilated, materialize
 
 # Kaiming-normal, fan_in, gain sqrt(2), *untruncated* (PyTorch's kaiming_normal_, used by the
 # reference); flax's default he_normal is truncated.
