@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
-from ebomlc_jax import xla_cpu
 
 
 def batches(num_classes: int, seed: int = 0):
@@ -36,7 +35,7 @@ def measure(key: str, num_classes: int, repeats: int, warmup: int, dtype=None) -
     method = common.make_method(key, num_classes, dtype=dtype)
     noisy, clean = batches(num_classes)
     state = method.init(jax.random.key(0), noisy["image"][:1])
-    step = jax.jit(method.step, donate_argnums=0, compiler_options=xla_cpu.compiler_options())
+    step = jax.jit(method.step, donate_argnums=0)
     t = time.perf_counter()
     compiled = step.lower(state, noisy, clean).compile()
     compile_s = time.perf_counter() - t

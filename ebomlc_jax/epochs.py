@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebomlc_jax import parallel, xla_cpu
+from ebomlc_jax import parallel
 from ebomlc_jax.data import device as dd
 from ebomlc_jax.data import pipeline
 from ebomlc_jax.data.pipeline import NoisyLabelData
@@ -106,11 +106,7 @@ class Runner:
 
             return jax.lax.scan(body, state, (steps, rows))
 
-        self._scan_epoch = jax.jit(
-            seeds_axis(scan_epoch, (0, None, 0, 0, None)),
-            donate_argnums=0,
-            compiler_options=xla_cpu.compiler_options(),
-        )
+        self._scan_epoch = jax.jit(seeds_axis(scan_epoch, (0, None, 0, 0, None)), donate_argnums=0)
         self._epoch_rows = jax.jit(
             seeds_axis(lambda keys, epoch: dd.noisy_epoch_rows(keys, epoch, spec), (0, None))
         )
@@ -134,11 +130,7 @@ class Runner:
         if self.mode == "pmap":
             self._step = jax.pmap(method.step, axis_name=parallel.DATA_AXIS, donate_argnums=0)
         else:
-            self._step = jax.jit(
-                seeds_axis(method.step, (0, 0, 0)),
-                donate_argnums=0,
-                compiler_options=xla_cpu.compiler_options(),
-            )
+            self._step = jax.jit(seeds_axis(method.step, (0, 0, 0)), donate_argnums=0)
 
     # ------------------------------------------------------------------ state
     def init_state(self) -> PyTree:

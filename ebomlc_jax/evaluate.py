@@ -8,19 +8,18 @@
   meta model's BatchNorm uses each evaluation batch's statistics (it keeps no running averages).
 
 Batches are summed in one compiled `lax.scan` (GPU/TPU) or by a host loop over one compiled
-batch function (CPU, where XLA runs convolutions inside loops far slower).
+batch function (CPU: chosen when XLA:CPU still ran convolutions in loops slowly, see
+`xla_cpu.py`; evaluation is forward-only and was not re-measured, so the loop stays).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebomlc_jax import xla_cpu
 from ebomlc_jax.data.sources import normalize
 from ebomlc_jax.methods import Method
 
@@ -67,9 +66,10 @@ class Evaluator:
             axes = (0, None, 0, None, *batch_axes)
             return jax.vmap(f, in_axes=axes) if runner.vmapped else f
 
-        jit = functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
-        self._batch_fns = {k: jit(seeds(fn, None, None)) for k, (fn, _, _) in self.kinds.items()}
-        self._scan_fn = jit(seeds(self._scan_all)) if self.scan else None
+        self._batch_fns = {
+            k: jax.jit(seeds(fn, None, None)) for k, (fn, _, _) in self.kinds.items()
+        }
+        self._scan_fn = jax.jit(seeds(self._scan_all)) if self.scan else None
 
     # -- per-batch sums: (state, shared, per_seed, test, indices, mask) -> array
     def _classify(self, state, images, labels, mask):
