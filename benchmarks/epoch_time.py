@@ -5,6 +5,7 @@ Each configuration trains one warm-up epoch (compilation) and then times `--epoc
 
     python -m benchmarks.epoch_time --tag cpu --steps 10                  # scan vs loop
     python -m benchmarks.epoch_time --tag cpu --steps 10 --seeds 1,3      # vmapped seeds
+    python -m benchmarks.epoch_time --tag cpu-map --steps 10 --seeds 1,3 --seeds-mode map
     python -m benchmarks.epoch_time --tag cpu4 --steps 10 --fake-cpu-devices 4 --devices 1,4
 """
 
@@ -23,7 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--modes", default="scan,loop", help="scan and/or loop (device input)")
-    ap.add_argument("--seeds", default="1", help="numbers of vmapped seeds to compare, e.g. 1,3")
+    ap.add_argument("--seeds", default="1", help="numbers of parallel seeds to compare, e.g. 1,3")
+    ap.add_argument("--seeds-mode", default="vmap", help="vmap or map (parallel.seeds)")
     ap.add_argument("--devices", default="1", help="device counts to compare, e.g. 1,4")
     ap.add_argument("--fake-cpu-devices", type=int, default=0)
     args = ap.parse_args(argv)
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
                     mode == "scan",
                     "jit",
                     n_dev,
+                    args.seeds_mode,
                 )
                 state = runner.init_state()
                 t = time.perf_counter()
@@ -72,6 +75,7 @@ def main(argv=None) -> int:
                     {
                         "mode": mode,
                         "seeds": n_seeds,
+                        "seeds_mode": args.seeds_mode,
                         "devices": n_dev,
                         "steps_per_epoch": spec.steps_per_epoch,
                         "first_epoch_s": first,

@@ -54,6 +54,7 @@ class Runner:
     scan: bool = True
     mode: str = "jit"
     num_devices: int = 1
+    seeds_mode: str = "vmap"
 
     def __post_init__(self):
         if self.input not in INPUTS:
@@ -61,6 +62,11 @@ class Runner:
         if self.mode not in parallel.MODES:
             raise ConfigError(
                 f"parallel.mode={self.mode!r} is not allowed; allowed values: {parallel.MODES}"
+            )
+        if self.seeds_mode not in parallel.SEED_MODES:
+            raise ConfigError(
+                f"parallel.seeds={self.seeds_mode!r} is not allowed; allowed values: "
+                f"{parallel.SEED_MODES}"
             )
         self.vmapped = len(self.seeds) > 1
         check_parallel_seeds(len(self.seeds), self.input, self.mode)
@@ -91,9 +97,7 @@ class Runner:
     # ------------------------------------------------------------------ compiled pieces
     def _build(self) -> None:
         method, spec, mesh = self.method, self.spec, self.mesh
-        seeds_axis = (
-            (lambda f, axes: jax.vmap(f, in_axes=axes)) if self.vmapped else (lambda f, axes: f)
-        )
+        seeds_axis = self.over_seeds
 
         def scan_epoch(state, shared, per_seed, keys, epoch):
             rows = dd.noisy_epoch_rows(keys, epoch, spec)
@@ -131,6 +135,10 @@ class Runner:
             self._step = jax.pmap(method.step, axis_name=parallel.DATA_AXIS, donate_argnums=0)
         else:
             self._step = jax.jit(seeds_axis(method.step, (0, 0, 0)), donate_argnums=0)
+
+    def over_seeds(self, f: Callable, in_axes: tuple[int | None, ...]) -> Callable:
+        """`f` over the seed axis (`parallel.seeds`: vmap or map) when seeds run together."""
+        return parallel.over_seeds(f, in_axes, self.seeds_mode) if self.vmapped else f
 
     # ------------------------------------------------------------------ state
     def init_state(self) -> PyTree:

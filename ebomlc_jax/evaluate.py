@@ -62,9 +62,8 @@ class Evaluator:
             self.kinds["noisy"] = (self._confusion, *index_batches(d.num_noisy, b))
         self.scan = jax.default_backend() != "cpu" if scan is None else scan
 
-        def seeds(f, *batch_axes):  # vmap over (state, per_seed) when seeds are vmapped
-            axes = (0, None, 0, None, *batch_axes)
-            return jax.vmap(f, in_axes=axes) if runner.vmapped else f
+        def seeds(f, *batch_axes):  # over (state, per_seed) when seeds run together
+            return runner.over_seeds(f, (0, None, 0, None, *batch_axes))
 
         self._batch_fns = {
             k: jax.jit(seeds(fn, None, None)) for k, (fn, _, _) in self.kinds.items()

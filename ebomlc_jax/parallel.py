@@ -14,6 +14,7 @@ spans every process's devices and each process must run the same program on the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,8 +26,29 @@ from jax.sharding import PartitionSpec as P
 from ebomlc_jax.errors import ConfigError
 
 MODES = ("jit", "pmap")
+SEED_MODES = ("vmap", "map")
 DATA_AXIS = "data"
 PyTree = Any
+
+
+def over_seeds(f: Callable, in_axes: tuple[int | None, ...], how: str) -> Callable:
+    """`f` over a leading seed axis of the arguments whose in_axes entry is 0 (others shared).
+
+    "vmap" batches the seeds into one program; "map" runs them one after another inside the
+    same compiled program (`lax.map`), for backends where batched-weight convolutions are slow.
+    Both return the seed axis first.
+    """
+    if how == "vmap":
+        return jax.vmap(f, in_axes=in_axes)
+
+    def mapped(*args):
+        def one(seed_args):
+            it = iter(seed_args)
+            return f(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes, strict=True)))
+
+        return jax.lax.map(one, tuple(a for a, ax in zip(args, in_axes, strict=True) if ax == 0))
+
+    return mapped
 
 
 def initialize(distributed: bool) -> None:

@@ -206,6 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         scan=config.data.scan_epochs,
         mode=config.parallel.mode,
         num_devices=num_devices,
+        seeds_mode=config.parallel.seeds,
     )
     evaluator = evaluate.Evaluator(
         method, runner, config.eval.batch_size, config.eval.meta_correction

@@ -87,5 +87,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _number("checkpoint.keep", c.checkpoint.keep, 1, inf, integer=True, high_open=True)
     _number("log_every_steps", c.log_every_steps, 1, inf, integer=True, high_open=True)
     _choice("parallel.mode", c.parallel.mode, parallel.MODES)
+    _choice("parallel.seeds", c.parallel.seeds, parallel.SEED_MODES)
     _number("parallel.num_devices", c.parallel.num_devices, 0, inf, integer=True, high_open=True)
     epochs.check_parallel_seeds(c.num_parallel_seeds, c.data.input, c.parallel.mode)

@@ -30,7 +30,16 @@ def datas(seeds=(0,)):
     ]
 
 
-def run(name="ebomlc", seeds=(0,), mode="jit", devices=1, input="device", scan=True, **method):
+def run(
+    name="ebomlc",
+    seeds=(0,),
+    mode="jit",
+    devices=1,
+    input="device",
+    scan=True,
+    seeds_mode="vmap",
+    **method,
+):
     """Parameters and per-step measurements after EPOCHS epochs of the tiny config."""
     c = tiny_config.get_config()
     c.method.name = name
@@ -41,7 +50,7 @@ def run(name="ebomlc", seeds=(0,), mode="jit", devices=1, input="device", scan=T
     spec = BatchSpec(d[0].num_noisy, d[0].num_clean, 32, 16, True, 1, c.steps_per_epoch)
     axis = parallel.DATA_AXIS if mode == "pmap" else None
     m = train.build_method(c, d[0].num_classes, spec.steps_per_epoch, axis)
-    runner = epochs.Runner(m, spec, d, list(seeds), input, scan, mode, devices)
+    runner = epochs.Runner(m, spec, d, list(seeds), input, scan, mode, devices, seeds_mode)
     state = runner.init_state()
     trace = []
     for e in range(EPOCHS):
@@ -89,8 +98,9 @@ def test_pmap_equals_jit_sharding():
     assert_close(sharded, reference())
 
 
-def test_vmapped_seeds_equal_separate_runs():
-    state, trace = run(seeds=(0, 1))
+@pytest.mark.parametrize("seeds_mode", ["vmap", "map"])
+def test_vmapped_seeds_equal_separate_runs(seeds_mode):
+    state, trace = run(seeds=(0, 1), seeds_mode=seeds_mode)
     for i, seed in enumerate((0, 1)):
         alone = run(seeds=(seed,))
         mine = (

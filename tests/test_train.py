@@ -527,6 +527,7 @@ BAD_INPUT = [
         r"data\.clean_batch_size=31 .*an even integer when data\.clean_in_lower_loss=True",
     ),
     ({"parallel.mode": "shard"}, r"parallel\.mode='shard' .*'jit', 'pmap'"),
+    ({"parallel.seeds": "loop"}, r"parallel\.seeds='loop' .*'vmap', 'map'"),
     (
         {"num_parallel_seeds": 2, "parallel.mode": "pmap"},
         r"num_parallel_seeds=2 needs data\.input='device' and parallel\.mode='jit'",
