@@ -3,7 +3,8 @@
 Epochs of compiled steps, evaluation every epoch, metrics (JSON lines + TensorBoard), orbax
 checkpoints every epoch and resume from the workdir, a stop with a message on NaN/Inf (the last
 good checkpoint stays), `summary.json` and the figures at the end. With
-`num_parallel_seeds > 1` the seeds train as one vmapped program and each writes its own
+`num_parallel_seeds > 1` the seeds train as one program (vmapped, or mapped in turn with
+`parallel.seeds=map`) and each writes its own
 `seed_<s>/` run directory (the checkpoint holds all of them).
 """
 

@@ -547,3 +547,20 @@ def test_bad_input_is_a_config_error_before_any_compute(overrides, message, tmp_
         train.train_and_evaluate(tiny(overrides), str(tmp_path))
     assert time.monotonic() - start < 30
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_parallel_seeds_map_equals_vmap_end_to_end(tmp_path):
+    """Two seeds in one program, batched (vmap) or in turn (map): the same per-seed results."""
+    summaries = {}
+    for how in ("vmap", "map"):
+        overrides = {"num_epochs": 2, "num_parallel_seeds": 2, "parallel.num_devices": 1}
+        config = tiny({**overrides, "parallel.seeds": how})
+        config.figures = False
+        train.train_and_evaluate(config, str(tmp_path / how))
+        summaries[how] = [
+            json.loads((tmp_path / how / f"seed_{s}" / "summary.json").read_text())
+            for s in (config.seed, config.seed + 1)
+        ]
+    for a, b in zip(summaries["vmap"], summaries["map"], strict=True):
+        for key in ("final_test_accuracy", "final_meta_correction_accuracy", "best_clean_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
