@@ -21,7 +21,7 @@ from ebomlc_jax import parallel
 from ebomlc_jax.data import device as dd
 from ebomlc_jax.data import pipeline
 from ebomlc_jax.data.pipeline import NoisyLabelData
-from ebomlc_jax.errors import ConfigError
+from ebomlc_jax.errors import ConfigError, allowed
 from ebomlc_jax.methods import Method
 
 INPUTS = ("device", "host", "tf_data")
@@ -57,17 +57,13 @@ class Runner:
     seeds_mode: str = "vmap"
 
     def __post_init__(self):
-        if self.input not in INPUTS:
-            raise ConfigError(f"data.input={self.input!r} is not allowed; allowed values: {INPUTS}")
-        if self.mode not in parallel.MODES:
-            raise ConfigError(
-                f"parallel.mode={self.mode!r} is not allowed; allowed values: {parallel.MODES}"
-            )
-        if self.seeds_mode not in parallel.SEED_MODES:
-            raise ConfigError(
-                f"parallel.seeds={self.seeds_mode!r} is not allowed; allowed values: "
-                f"{parallel.SEED_MODES}"
-            )
+        for field, value, choices in (
+            ("data.input", self.input, INPUTS),
+            ("parallel.mode", self.mode, parallel.MODES),
+            ("parallel.seeds", self.seeds_mode, parallel.SEED_MODES),
+        ):
+            if value not in choices:
+                raise allowed(field, value, choices)
         self.vmapped = len(self.seeds) > 1
         check_parallel_seeds(len(self.seeds), self.input, self.mode)
         if self.vmapped and self.num_devices > 1:
@@ -97,7 +93,6 @@ class Runner:
     # ------------------------------------------------------------------ compiled pieces
     def _build(self) -> None:
         method, spec, mesh = self.method, self.spec, self.mesh
-        seeds_axis = self.over_seeds
 
         def scan_epoch(state, shared, per_seed, keys, epoch):
             rows = dd.noisy_epoch_rows(keys, epoch, spec)
@@ -110,12 +105,14 @@ class Runner:
 
             return jax.lax.scan(body, state, (steps, rows))
 
-        self._scan_epoch = jax.jit(seeds_axis(scan_epoch, (0, None, 0, 0, None)), donate_argnums=0)
+        self._scan_epoch = jax.jit(
+            self.over_seeds(scan_epoch, (0, None, 0, 0, None)), donate_argnums=0
+        )
         self._epoch_rows = jax.jit(
-            seeds_axis(lambda keys, epoch: dd.noisy_epoch_rows(keys, epoch, spec), (0, None))
+            self.over_seeds(lambda keys, epoch: dd.noisy_epoch_rows(keys, epoch, spec), (0, None))
         )
         self._device_batches = jax.jit(
-            seeds_axis(
+            self.over_seeds(
                 lambda shared, per_seed, keys, step, rows: dd.train_batches(
                     shared, per_seed, keys, step, rows, spec
                 ),
@@ -134,7 +131,7 @@ class Runner:
         if self.mode == "pmap":
             self._step = jax.pmap(method.step, axis_name=parallel.DATA_AXIS, donate_argnums=0)
         else:
-            self._step = jax.jit(seeds_axis(method.step, (0, 0, 0)), donate_argnums=0)
+            self._step = jax.jit(self.over_seeds(method.step, (0, 0, 0)), donate_argnums=0)
 
     def over_seeds(self, f: Callable, in_axes: tuple[int | None, ...]) -> Callable:
         """`f` over the seed axis (`parallel.seeds`: vmap or map) when seeds run together."""
@@ -149,7 +146,7 @@ class Runner:
             jax.random.key(0),
             dataclasses.replace(self.spec, augment=False),
         )["image"]
-        init = jax.vmap(self.method.init, in_axes=(0, None)) if self.vmapped else self.method.init
+        init = self.over_seeds(self.method.init, (0, None))
         state = jax.jit(init)(self.keys["init"], sample)
         return self.place(state)
 
