@@ -36,6 +36,9 @@ def default_workdir(config_path: str, config) -> str:
 
 def main(argv):
     del argv
+    from ebomlc_jax import xla_cpu
+
+    xla_cpu.set_cpu_flags()  # before JAX starts
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 shows it again
         logging.set_verbosity(logging.WARNING)
     _hide_accelerators_from_tensorflow()

@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from ebomlc_jax import xla_cpu
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -28,7 +30,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds-mode", default="vmap", help="vmap or map (parallel.seeds)")
     ap.add_argument("--devices", default="1", help="device counts to compare, e.g. 1,4")
     ap.add_argument("--fake-cpu-devices", type=int, default=0)
+    ap.add_argument(
+        "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
+    )
     args = ap.parse_args(argv)
+    if not args.no_cpu_flags:
+        xla_cpu.set_cpu_flags()  # before JAX starts
     if args.fake_cpu_devices:  # must precede jax's start
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from ebomlc_jax import xla_cpu
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -30,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--steps", type=int, default=0, help="cap an epoch (smoke tests); 0 = 490")
     args = ap.parse_args(argv)
+    xla_cpu.set_cpu_flags()  # before JAX starts
 
     import jax
     import jax.numpy as jnp

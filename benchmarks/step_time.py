@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
+from ebomlc_jax import xla_cpu
 
 
 def batches(num_classes: int, seed: int = 0):
@@ -61,13 +62,18 @@ def measure(key: str, num_classes: int, repeats: int, warmup: int, dtype=None) -
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tag", default=jax.default_backend())
+    ap.add_argument("--tag", default=None, help="results file tag (default: the backend)")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--methods", default=",".join(common.METHODS))
     ap.add_argument("--dtype", default=None, help="main-model compute dtype, e.g. bfloat16")
+    ap.add_argument(
+        "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
+    )
     args = ap.parse_args(argv)
+    if not args.no_cpu_flags:
+        xla_cpu.set_cpu_flags()  # before JAX starts
     dtype = jnp.dtype(args.dtype) if args.dtype else None
     rows = [
         measure(k, args.num_classes, args.repeats, args.warmup, dtype)
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
             f"{r['compile_s']:9.1f}"
         )
     common.write(
-        f"step_time_{args.tag}_k{args.num_classes}",
+        f"step_time_{args.tag or jax.default_backend()}_k{args.num_classes}",
         {"benchmark": "step_time", "machine": common.machine(), "dtype": args.dtype, "rows": rows},
     )
     return 0

@@ -10,6 +10,10 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.experimental.compilation_cache.compilation_cache as compilation_cache  # noqa: E402
 import pytest  # noqa: E402
 
+from ebomlc_jax import xla_cpu  # noqa: E402
+
+xla_cpu.set_cpu_flags()  # as run.py does (tests/test_xla_cpu.py checks that they took effect)
+
 
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):

@@ -1,5 +1,7 @@
-"""XLA:CPU workarounds: lax's numbers exactly, canonical convolutions in scans, no recompute."""
+"""XLA:CPU workarounds: lax's numbers exactly, canonical convolutions in scans, no recompute,
+and the XLA flags (Eigen convolutions) in effect and float32-accurate."""
 
+import os
 import re
 
 import jax
@@ -9,7 +11,7 @@ import optax
 import pytest
 from jax import lax
 
-from ebomlc_jax import models
+from ebomlc_jax import models, xla_cpu
 from ebomlc_jax.xla_cpu import conv_general_dilated, materialize
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -108,7 +110,7 @@ def test_residual_stream_is_not_recomputed_in_deeper_nets():
 
 
 def test_resnet_gradient_is_float32_accurate():
-    """The compiled CPU gradient (with both workarounds) against float64: 1e-4 relative per leaf.
+    """The compiled CPU gradient (all three workarounds) against float64: 1e-4 relative per leaf.
 
     Guards the numbers, not only the speed: `jax.jit(..., compiler_options=
     {"xla_cpu_experimental_ynn_fusion_type": ""})` made a ResNet-32 CE step 20% faster but these
@@ -133,3 +135,38 @@ def test_resnet_gradient_is_float32_accurate():
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             b = np.asarray(b)
             assert np.linalg.norm(np.asarray(a, np.float64) - b) <= 1e-4 * np.linalg.norm(b)
+
+
+def test_cpu_flags_keep_the_users_values():
+    flag = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    assert xla_cpu.with_cpu_flags("") == flag
+    assert xla_cpu.with_cpu_flags(" --a=1 ") == f"--a=1 {flag}"
+    mine = "--xla_cpu_experimental_ynn_fusion_type=reduce"
+    assert xla_cpu.with_cpu_flags(mine) == mine
+
+
+def test_cpu_flags_took_effect_convolutions_run_outside_ynnpack():
+    """conftest sets them as run.py does; YNNPACK's convolutions use one of the 2 cores."""
+    assert xla_cpu.set_cpu_flags()  # JAX has started: True means XLA_FLAGS had them before
+    x, w = jnp.ones((32, 16, 16, 16)), jnp.ones((3, 3, 16, 16))  # YNNPACK takes convs this big
+    _, loss = losses(stride=1)
+    hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+    bodies = dict(re.findall(r"\n%?([\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
+    ynn = re.findall(r'calls=%?([\w.\-]+)[^\n]*"kind":"__ynn_fusion"', hlo)
+    assert not [c for c in ynn if "convolution(" in bodies[c]]
+    assert len(re.findall(r"convolution\(", hlo)) == 3  # forward, input and weight gradients
+
+
+def test_cpu_flags_are_not_set_late_or_for_other_jaxlibs(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    assert not xla_cpu.set_cpu_flags()  # JAX has started: too late, says so, changes nothing
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+    monkeypatch.setattr(xla_cpu.importlib.metadata, "version", lambda _: "0.11.2")
+    monkeypatch.setattr(xla_cpu.xla_bridge, "backends_are_initialized", lambda: False)
+    assert not xla_cpu.set_cpu_flags()  # XLA aborts on flags it does not know
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+    monkeypatch.setattr(xla_cpu.importlib.metadata, "version", lambda _: "0.10.2")
+    assert xla_cpu.set_cpu_flags()
+    assert os.environ["XLA_FLAGS"] == xla_cpu.with_cpu_flags(
+        "--xla_force_host_platform_device_count=4"
+    )
