@@ -7,9 +7,9 @@
   its confusion matrix (rows: true label, columns: argmax of g(h(x'), y')). Dropout is off; the
   meta model's BatchNorm uses each evaluation batch's statistics (it keeps no running averages).
 
-Batches are summed in one compiled `lax.scan` (GPU/TPU) or by a host loop over one compiled
-batch function (CPU: chosen when XLA:CPU still ran convolutions in loops slowly, see
-`xla_cpu.py`; evaluation is forward-only and was not re-measured, so the loop stays).
+Batches are summed in one compiled `lax.scan` (`scan=False`: a host loop over one compiled
+batch function, the same sums). On 2 CPU cores both take 9.9 s for 2,000 test, 120 clean and
+5,880 noisy CIFAR-shaped images (ResNet-32 + meta model), so every backend scans.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Evaluator:
         runner,
         batch_size: int,
         meta_correction: bool = True,
-        scan: bool | None = None,
+        scan: bool = True,
     ):
         self.method, self.runner = method, runner
         d = runner.datas[0]
@@ -60,7 +60,7 @@ class Evaluator:
         }
         if meta_correction and method.uses_meta:
             self.kinds["noisy"] = (self._confusion, *index_batches(d.num_noisy, b))
-        self.scan = jax.default_backend() != "cpu" if scan is None else scan
+        self.scan = scan
 
         def seeds(f, *batch_axes):  # over (state, per_seed) when seeds run together
             return runner.over_seeds(f, (0, None, 0, None, *batch_axes))

@@ -1,7 +1,7 @@
-"""XLA:CPU workarounds for convolutional nets: same numbers, CPU only, faster there.
+"""XLA:CPU workarounds for convolutional nets: CPU only, faster there.
 
-The digits demo ends bitwise where it did without them; other platforms get lax's convolution
-and no identity product.
+1 and 2 give the same numbers (the digits demo ended bitwise where it did without them); 3 moves
+float32 rounding only. Other platforms get lax's convolution, no identity product, no flag.
 
 1. `conv_general_dilated`: a 2-D NHWC convolution whose derivatives XLA:CPU can run with its
 convolution library inside loops. XLA:CPU only maps a convolution onto its fast kernels when
@@ -26,7 +26,7 @@ it). In jaxlib 0.10 XLA:CPU runs convolutions through YNNPACK on one thread: a R
 Eigen convolutions, which use both. Handing convolutions back to Eigen made the CE step 29%
 faster (1.63 -> 1.15 s), and the gradients stay within float32 rounding of float64
 (`tests/test_xla_cpu.py`). Only through `XLA_FLAGS`: the same setting as a per-jit
-`compiler_options` compiled gradients 1e-3 to 1.6e-2 off float64. Not set: the concurrency-optimized
+`compiler_options` compiled gradients 1e-3 off float64. Not set: the concurrency-optimized
 scheduler (another ~5%), because TensorFlow's XLA, also loaded here, aborts on that flag.
 
 """

@@ -1,5 +1,6 @@
 """The same training, computed five ways: scan epoch, step loops (device / NumPy / tf.data input),
-4 devices under jit sharding or pmap, and several seeds vmapped into one program."""
+4 devices under jit sharding or pmap, and several seeds vmapped into one program; evaluation
+by scan and by host loop."""
 
 import functools
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import tiny_config
 
-from ebomlc_jax import epochs, parallel, train
+from ebomlc_jax import epochs, evaluate, parallel, train
 from ebomlc_jax.data import build_data
 from ebomlc_jax.data.device import BatchSpec
 
@@ -30,7 +31,7 @@ def datas(seeds=(0,)):
     ]
 
 
-def run(
+def make_runner(
     name="ebomlc",
     seeds=(0,),
     mode="jit",
@@ -40,7 +41,7 @@ def run(
     seeds_mode="vmap",
     **method,
 ):
-    """Parameters and per-step measurements after EPOCHS epochs of the tiny config."""
+    """The tiny config's method and epoch runner."""
     c = tiny_config.get_config()
     c.method.name = name
     for k, v in method.items():
@@ -50,7 +51,12 @@ def run(
     spec = BatchSpec(d[0].num_noisy, d[0].num_clean, 32, 16, True, 1, c.steps_per_epoch)
     axis = parallel.DATA_AXIS if mode == "pmap" else None
     m = train.build_method(c, d[0].num_classes, spec.steps_per_epoch, axis)
-    runner = epochs.Runner(m, spec, d, list(seeds), input, scan, mode, devices, seeds_mode)
+    return m, epochs.Runner(m, spec, d, list(seeds), input, scan, mode, devices, seeds_mode)
+
+
+def run(*args, **kwargs):
+    """Parameters and per-step measurements after EPOCHS epochs of the tiny config."""
+    _, runner = make_runner(*args, **kwargs)
     state = runner.init_state()
     trace = []
     for e in range(EPOCHS):
@@ -108,3 +114,16 @@ def test_vmapped_seeds_equal_separate_runs(seeds_mode):
             [{k: v[i] for k, v in m.items()} for m in trace],
         )
         assert_close(mine, alone)
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_evaluator_scan_equals_host_loop(seeds):
+    """The evaluation scan (the default) against a host loop over the same compiled batches."""
+    method, runner = make_runner(seeds=seeds)
+    state, _ = runner.run_epoch(runner.init_state(), 0)
+    scan = evaluate.Evaluator(method, runner, 100)(state)
+    loop = evaluate.Evaluator(method, runner, 100, scan=False)(state)
+    assert scan.keys() == loop.keys() >= {"test_accuracy", "clean_loss", "meta_confusion"}
+    for k in scan:
+        assert np.shape(scan[k])[: len(seeds) - 1] == (2,) * (len(seeds) - 1)
+        np.testing.assert_allclose(scan[k], loop[k], rtol=1e-6, err_msg=k)
