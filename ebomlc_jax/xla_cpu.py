@@ -165,9 +165,11 @@ def materialize(x: jax.Array) -> jax.Array:
 
 
 # Verified with jaxlib 0.10 (requirements.txt); XLA aborts the process on a flag it does not know,
-# so other versions get none of them.
+# so other versions get none of them, and neither do machines with a GPU or TPU plugin (whose
+# compilers we did not check and which have no use for them).
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 FLAGS_JAXLIB = "0.10."
+ACCELERATOR_PACKAGES = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
 
 
 def with_cpu_flags(xla_flags: str) -> str:
@@ -180,13 +182,17 @@ def with_cpu_flags(xla_flags: str) -> str:
 def set_cpu_flags() -> bool:
     """Add CPU_FLAGS to `XLA_FLAGS` (XLA reads it once, when JAX starts); True if they now apply.
 
-    They only change how XLA:CPU compiles; GPU and TPU programs are the same with or without.
+    They only change how XLA:CPU compiles; GPU and TPU machines (a plugin installed) get none.
     """
     jaxlib = importlib.metadata.version("jaxlib")
     if not jaxlib.startswith(FLAGS_JAXLIB):
         logging.info(
-            "XLA:CPU flags not set: verified for jaxlib %sx, have %s", FLAGS_JAXLIB, jaxlib
+            "XLA:CPU flags not set: verified with jaxlib %sx, not %s", FLAGS_JAXLIB, jaxlib
         )
+        return False
+    plugins = accelerator_plugins()
+    if plugins:
+        logging.info("XLA:CPU flags not set: accelerator plugins installed (%s)", plugins)
         return False
     if xla_bridge.backends_are_initialized():
         if with_cpu_flags(os.environ.get("XLA_FLAGS", "")) == os.environ.get("XLA_FLAGS", ""):
@@ -198,3 +204,9 @@ def set_cpu_flags() -> bool:
         return False
     os.environ["XLA_FLAGS"] = with_cpu_flags(os.environ.get("XLA_FLAGS", ""))
     return True
+
+
+def accelerator_plugins() -> list[str]:
+    """Installed JAX GPU/TPU plugin packages (jax-cuda12-plugin, libtpu, ...)."""
+    names = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
+    return sorted({n for n in names if n.lower().startswith(ACCELERATOR_PACKAGES)})

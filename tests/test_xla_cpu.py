@@ -147,6 +147,8 @@ def test_cpu_flags_keep_the_users_values():
 
 def test_cpu_flags_took_effect_convolutions_run_outside_ynnpack():
     """conftest sets them as run.py does; YNNPACK's convolutions use one of the 2 cores."""
+    if xla_cpu.accelerator_plugins():
+        pytest.skip("a GPU/TPU plugin is installed: set_cpu_flags leaves XLA_FLAGS alone")
     assert xla_cpu.set_cpu_flags()  # JAX has started: True means XLA_FLAGS had them before
     x, w = jnp.ones((32, 16, 16, 16)), jnp.ones((3, 3, 16, 16))  # YNNPACK takes convs this big
     _, loss = losses(stride=1)
@@ -157,7 +159,7 @@ def test_cpu_flags_took_effect_convolutions_run_outside_ynnpack():
     assert len(re.findall(r"convolution\(", hlo)) == 3  # forward, input and weight gradients
 
 
-def test_cpu_flags_are_not_set_late_or_for_other_jaxlibs(monkeypatch):
+def test_cpu_flags_are_not_set_late_or_for_other_jaxlibs_or_accelerators(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
     assert not xla_cpu.set_cpu_flags()  # JAX has started: too late, says so, changes nothing
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
@@ -166,6 +168,10 @@ def test_cpu_flags_are_not_set_late_or_for_other_jaxlibs(monkeypatch):
     assert not xla_cpu.set_cpu_flags()  # XLA aborts on flags it does not know
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
     monkeypatch.setattr(xla_cpu.importlib.metadata, "version", lambda _: "0.10.2")
+    monkeypatch.setattr(xla_cpu, "accelerator_plugins", lambda: ["jax-cuda12-plugin"])
+    assert not xla_cpu.set_cpu_flags()  # GPU/TPU compilers were not checked with them
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+    monkeypatch.setattr(xla_cpu, "accelerator_plugins", lambda: [])
     assert xla_cpu.set_cpu_flags()
     assert os.environ["XLA_FLAGS"] == xla_cpu.with_cpu_flags(
         "--xla_force_host_platform_device_count=4"
