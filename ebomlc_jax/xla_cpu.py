@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 from jax import lax
-from jax._src import xla_bridge
+from jax._src import xla_bridge  # no public API tells whether JAX has started its backends
 from jax.custom_derivatives import SymbolicZero
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
