@@ -194,16 +194,18 @@ def set_cpu_flags() -> bool:
     if plugins:
         logging.info("XLA:CPU flags not set: accelerator plugins installed (%s)", plugins)
         return False
-    if xla_bridge.backends_are_initialized():
-        if with_cpu_flags(os.environ.get("XLA_FLAGS", "")) == os.environ.get("XLA_FLAGS", ""):
-            return True  # set before JAX started
-        logging.warning(
-            "XLA:CPU flags not set: JAX has already started. For fast CPU convolutions, call "
-            "ebomlc_jax.xla_cpu.set_cpu_flags() before the first JAX computation."
-        )
-        return False
-    os.environ["XLA_FLAGS"] = with_cpu_flags(os.environ.get("XLA_FLAGS", ""))
-    return True
+    current = os.environ.get("XLA_FLAGS", "")
+    wanted = with_cpu_flags(current)
+    if not xla_bridge.backends_are_initialized():
+        os.environ["XLA_FLAGS"] = wanted
+        return True
+    if wanted == current:
+        return True  # set before JAX started
+    logging.warning(
+        "XLA:CPU flags not set: JAX has already started. For fast CPU convolutions, call "
+        "ebomlc_jax.xla_cpu.set_cpu_flags() before the first JAX computation."
+    )
+    return False
 
 
 def accelerator_plugins() -> list[str]:
