@@ -1,5 +1,6 @@
 """The README's research-code example runs as written."""
 
+import math
 import pathlib
 import re
 
@@ -13,3 +14,7 @@ def test_readme_python_example_runs(capsys):
         exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "'G'" in out and "'beta'" in out
+    # Every number it prints is finite (an eval-mode-BN version once printed "nan nan").
+    numbers = re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?|nan|inf", out)
+    assert len(numbers) >= 12, out
+    assert all(math.isfinite(float(x)) for x in numbers), out
