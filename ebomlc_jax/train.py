@@ -287,6 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     ):
         if last_eval is None:  # resumed a finished run: report from the saved files
             summaries.append(json.loads((run_dir / "summary.json").read_text()))
+            print(f"{run_dir.name}: already finished ({config.num_epochs} epochs)", flush=True)
+            print(logs.summary_screen(summaries[-1]), flush=True)
             continue
         ev = {k: v[i] if many else v for k, v in last_eval.items()}
         summary = {

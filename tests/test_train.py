@@ -360,6 +360,20 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run_bitwise(tmp_path, env):
         assert sa[key] == sb[key], key
 
 
+def test_rerun_of_a_finished_run_trains_nothing_and_prints_its_summary(finished_copy, capsys):
+    workdir, config = finished_copy
+    saved = json.loads((workdir / "summary.json").read_text())
+    capsys.readouterr()
+    assert train.train_and_evaluate(config, str(workdir)) == saved
+    out = capsys.readouterr().out
+    assert re.search(rf"^resumed from \S+ after epoch {FINISHED_EPOCHS}$", out, re.M), out
+    assert f"already finished ({FINISHED_EPOCHS} epochs)" in out
+    accuracy = f"{100 * saved['final_test_accuracy']:.2f}%"
+    assert re.search(rf"final test accuracy +{re.escape(accuracy)}", out), out
+    assert not re.search(r"^epoch \d+/", out, re.M), out  # no epoch was trained
+    assert len(eval_lines(workdir)) == FINISHED_EPOCHS
+
+
 def test_changed_config_refuses_to_resume_unless_allowed(finished_copy, monkeypatch, capsys):
     workdir, config = finished_copy
     changed = config.copy_and_resolve_references()
