@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 PyTree = Any
@@ -120,16 +121,21 @@ class Checkpointer:
         """Rename unreadable checkpoints to `unreadable_<epoch>` (kept for inspection).
 
         Otherwise the retrained epochs could not be saved: orbax silently skips a save whose
-        step is not above the newest one in the directory.
+        step is not above the newest one in the directory. On several hosts (one shared
+        directory) process 0 renames and the others wait for it at a barrier.
         """
         moved = []
-        for epoch in epochs:
-            aside, n = self.directory / f"unreadable_{epoch}", 1
-            while aside.exists():
-                n += 1
-                aside = self.directory / f"unreadable_{epoch}_{n}"
-            (self.directory / str(epoch)).rename(aside)
-            moved.append(aside.name)
+        if jax.process_index() == 0:
+            for epoch in epochs:
+                aside, n = self.directory / f"unreadable_{epoch}", 1
+                while aside.exists():
+                    n += 1
+                    aside = self.directory / f"unreadable_{epoch}_{n}"
+                (self.directory / str(epoch)).rename(aside)
+                moved.append(aside.name)
+        else:
+            moved = [f"{epoch} (by process 0)" for epoch in epochs]
+        multihost_utils.sync_global_devices("ebomlc_jax: unreadable checkpoints set aside")
         self._manager.reload()
         return moved
 

@@ -484,6 +484,23 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_copy,
     assert restore(workdir, more)[0] == FINISHED_EPOCHS
 
 
+def test_only_process_zero_sets_unreadable_checkpoints_aside(finished_copy, monkeypatch):
+    """On several hosts sharing the workdir, one renames, after a barrier all reload."""
+    workdir, config = finished_copy
+    damage(workdir, FINISHED_EPOCHS)
+    barriers = []
+    monkeypatch.setattr(checkpoint.multihost_utils, "sync_global_devices", barriers.append)
+    monkeypatch.setattr(checkpoint.jax, "process_index", lambda: 1)
+    assert restore(workdir, config)[0] == FINISHED_EPOCHS - 1
+    assert len(barriers) == 1
+    assert FINISHED_EPOCHS in checkpoint_epochs(workdir)  # left for process 0
+    monkeypatch.setattr(checkpoint.jax, "process_index", lambda: 0)
+    assert restore(workdir, config)[0] == FINISHED_EPOCHS - 1
+    assert len(barriers) == 2
+    assert FINISHED_EPOCHS not in checkpoint_epochs(workdir)
+    assert (workdir / "checkpoints" / f"unreadable_{FINISHED_EPOCHS}").is_dir()
+
+
 def test_all_checkpoints_corrupt_is_an_error_not_a_restart(finished_copy):
     workdir, config = finished_copy
     kept = checkpoint_epochs(workdir)
