@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -499,6 +500,20 @@ def test_only_process_zero_sets_unreadable_checkpoints_aside(finished_copy, monk
     assert len(barriers) == 2
     assert FINISHED_EPOCHS not in checkpoint_epochs(workdir)
     assert (workdir / "checkpoints" / f"unreadable_{FINISHED_EPOCHS}").is_dir()
+
+
+def test_a_failed_restore_reports_one_warning_not_tracebacks(finished_copy, monkeypatch):
+    """orbax's leftover reads after a failed restore each reported "Event loop is closed"."""
+    workdir, config = finished_copy
+    damage(workdir, FINISHED_EPOCHS)
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    assert restore(workdir, config)[0] == FINISHED_EPOCHS - 1
+    closed = [u for u in reported if str(u.exc_value) == "Event loop is closed"]
+    assert closed == []
+    with checkpoint._quiet_failed_reads():  # anything else still reaches the hook
+        sys.unraisablehook(types.SimpleNamespace(exc_value=ValueError("x")))
+    assert str(reported[-1].exc_value) == "x"
 
 
 def test_all_checkpoints_corrupt_is_an_error_not_a_restart(finished_copy):
