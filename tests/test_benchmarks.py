@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks import common, epoch_time, step_time
+from benchmarks import common, epoch_time, full_run, step_time
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +34,13 @@ def test_epoch_time_compares_scan_and_loop(results):
     for r in record["rows"]:
         assert r["steps_per_epoch"] == 2 and r["epoch_s"] > 0
         assert r["steps_per_s"] == pytest.approx(2 / r["epoch_s"])
+
+
+def test_full_run_trains_evaluates_checkpoints_and_extrapolates(results):
+    argv = ["--method", "ce", "--num-classes", "10", "--epochs", "2", "--steps", "2"]
+    assert full_run.main([*argv, "--test-images", "200", "--tag", "t"]) == 0
+    record = json.loads((results / "full_run_t_ce_k10_s1_e2.json").read_text())
+    assert record["steps_per_epoch"] == 2 and record["args"]["checkpoint"] == 1
+    first, steady = record["first_epoch_s"], record["steady_epoch_s"]
+    assert 0 < steady and record["extrapolated_120_epochs_s"] == pytest.approx(first + 119 * steady)
+    assert record["train_and_eval_s"] >= first + steady
