@@ -25,6 +25,11 @@ def shell_commands() -> list[list[str]]:
     return [shlex.split(line.strip()[1:]) for line in code.splitlines() if line.strip()[:1] == "!"]
 
 
+def commands(*prefix: str) -> list[list[str]]:
+    """The notebook's shell commands that start with `prefix`."""
+    return [c for c in shell_commands() if c[: len(prefix)] == list(prefix)]
+
+
 def pinned_jax(text: str) -> str:
     return re.search(r"^jax(?:\[\w+\])?==([\d.]+)", text, re.M).group(1)
 
@@ -35,7 +40,7 @@ def literal(value: str):
 
 
 def test_run_commands_name_a_config_and_real_fields():
-    runs = [c for c in shell_commands() if c[:2] == ["python", "run.py"]]
+    runs = commands("python", "run.py")
     assert runs
     for cmd in runs:
         (path,) = [a.split("=", 1)[1] for a in cmd if a.startswith("--config=")]
@@ -56,7 +61,7 @@ def test_run_commands_name_a_config_and_real_fields():
 
 
 def test_module_commands_exist_and_take_their_flags(capsys):
-    modules = [c for c in shell_commands() if c[:2] == ["python", "-m"]]
+    modules = commands("python", "-m")
     workdirs = workdirs_of_runs()
     assert modules and workdirs
     for cmd in modules:
@@ -72,7 +77,7 @@ def test_module_commands_exist_and_take_their_flags(capsys):
 
 
 def workdirs_of_runs() -> list[str]:
-    runs = [c for c in shell_commands() if c[:2] == ["python", "run.py"]]
+    runs = commands("python", "run.py")
     return [a.split("=", 1)[1] for c in runs for a in c if a.startswith("--workdir=")]
 
 
@@ -84,8 +89,7 @@ def test_accelerator_wheels_pin_the_jax_of_requirements():
     for cmd in tpu:
         (wheel,) = [a for a in cmd if a.startswith("jax[tpu]")]
         assert wheel == f"jax[tpu]=={jax_version}"
-    installs = [c for c in shell_commands() if c[:2] == ["pip", "install"]]
-    for cmd in installs:
+    for cmd in commands("pip", "install"):
         for arg in cmd:
             if arg.startswith("requirements"):
                 assert (ROOT / arg).is_file(), arg
