@@ -18,7 +18,7 @@ import sys
 from ebomlc_jax import xla_cpu
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tag", default=None)
     ap.add_argument("--method", default="ebomlc-paper")
@@ -33,7 +33,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if not args.no_cpu_flags:
         xla_cpu.set_cpu_flags()  # before JAX starts
     if args.fake_cpu_devices:  # must precede jax's start
@@ -92,6 +96,16 @@ def main(argv=None) -> int:
                     }
                 )
                 print(rows[-1], flush=True)
+                # Written after every configuration, so a run cut short keeps what it measured.
+                common.write(
+                    f"epoch_time_{args.tag or jax.default_backend()}_{args.method}",
+                    {
+                        "benchmark": "epoch_time",
+                        "machine": common.machine(),
+                        "args": vars(args),
+                        "rows": rows,
+                    },
+                )
                 del state, runner
     print(f"{'mode':5s} {'seeds':>5s} {'dev':>4s} {'epoch s':>9s} {'steps/s':>8s} {'x 1st':>6s}")
     for r in rows:
@@ -99,11 +113,6 @@ def main(argv=None) -> int:
             f"{r['mode']:5s} {r['seeds']:5d} {r['devices']:4d} {r['epoch_s']:9.3f} "
             f"{r['steps_per_s']:8.1f} {r['epoch_s'] / rows[0]['epoch_s']:6.2f}"
         )
-    tag = args.tag or jax.default_backend()
-    common.write(
-        f"epoch_time_{tag}_{args.method}",
-        {"benchmark": "epoch_time", "machine": common.machine(), "args": vars(args), "rows": rows},
-    )
     return 0
 
 

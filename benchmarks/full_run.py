@@ -20,7 +20,7 @@ import time
 from ebomlc_jax import xla_cpu
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tag", default=None)
     ap.add_argument("--method", default="ebomlc-paper")
@@ -32,7 +32,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--steps", type=int, default=0, help="cap an epoch (smoke tests); 0 = 490")
     ap.add_argument("--test-images", type=int, default=10_000, help="fewer for smoke tests")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     xla_cpu.set_cpu_flags()  # before JAX starts
 
     import jax

@@ -60,7 +60,7 @@ def measure(key: str, num_classes: int, repeats: int, warmup: int, dtype=None) -
     }
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tag", default=None, help="results file tag (default: the backend)")
     ap.add_argument("--num-classes", type=int, default=10)
@@ -71,17 +71,30 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if not args.no_cpu_flags:
         xla_cpu.set_cpu_flags()  # before JAX starts
     dtype = jnp.dtype(args.dtype) if args.dtype else None
-    rows = [
-        measure(k, args.num_classes, args.repeats, args.warmup, dtype)
-        for k in args.methods.split(",")
-    ]
-    ce = next((r["median_s"] for r in rows if r["method"] == "ce"), None)
-    for r in rows:
-        r["ratio_to_ce"] = r["median_s"] / ce if ce else None
+    rows = []
+    for k in args.methods.split(","):
+        rows.append(measure(k, args.num_classes, args.repeats, args.warmup, dtype))
+        ce = next((r["median_s"] for r in rows if r["method"] == "ce"), None)
+        for r in rows:
+            r["ratio_to_ce"] = r["median_s"] / ce if ce else None
+        # Written after every method, so a run cut short by a timeout keeps what it measured.
+        common.write(
+            f"step_time_{args.tag or jax.default_backend()}_k{args.num_classes}",
+            {
+                "benchmark": "step_time",
+                "machine": common.machine(),
+                "dtype": args.dtype,
+                "rows": rows,
+            },
+        )
     print(f"{'method':24s} {'s/step':>9s} {'img/s':>8s} {'x CE':>6s} {'compile s':>9s}")
     for r in rows:
         ratio = f"{r['ratio_to_ce']:.2f}" if r["ratio_to_ce"] else "-"
@@ -89,10 +102,6 @@ def main(argv=None) -> int:
             f"{r['method']:24s} {r['median_s']:9.4f} {r['images_per_s']:8.0f} {ratio:>6s} "
             f"{r['compile_s']:9.1f}"
         )
-    common.write(
-        f"step_time_{args.tag or jax.default_backend()}_k{args.num_classes}",
-        {"benchmark": "step_time", "machine": common.machine(), "dtype": args.dtype, "rows": rows},
-    )
     return 0
 
 

@@ -1,11 +1,22 @@
-"""The benchmark commands run and write their JSON (CE on ResNet-32, a few steps): a GPU
-session runs them as they are, so a broken script would cost device time."""
+"""The benchmark commands run and write their JSON (CE on ResNet-32, a few steps), and the GPU
+suite's commands are valid: a GPU session runs them as they are, so a broken script would cost
+device time."""
 
+import importlib
+import itertools
 import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
 
 import pytest
 
 from benchmarks import common, epoch_time, full_run, step_time
+from ebomlc_jax import epochs
+
+SUITE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh"
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +55,67 @@ def test_full_run_trains_evaluates_checkpoints_and_extrapolates(results):
     first, steady = record["first_epoch_s"], record["steady_epoch_s"]
     assert 0 < steady and record["extrapolated_120_epochs_s"] == pytest.approx(first + 119 * steady)
     assert record["train_and_eval_s"] >= first + steady
+
+
+def test_epoch_time_keeps_the_rows_measured_before_a_failure(results, monkeypatch):
+    made = []
+
+    def runner(*args, **kwargs):  # the second configuration (loop) fails, as a timeout would
+        made.append(1)
+        if len(made) > 1:
+            raise RuntimeError("cut")
+        return real(*args, **kwargs)
+
+    real = epochs.Runner
+    monkeypatch.setattr(epochs, "Runner", runner)
+    argv = ["--method", "ce", "--num-classes", "10", "--steps", "2", "--tag", "t"]
+    with pytest.raises(RuntimeError, match="cut"):
+        epoch_time.main(argv)
+    record = json.loads((results / "epoch_time_t_ce.json").read_text())
+    assert [r["mode"] for r in record["rows"]] == ["scan"]
+
+
+def suite(tmp_path, **env) -> str:
+    env = {**os.environ, "OUT": "", **env}
+    out = subprocess.run(
+        ["bash", str(SUITE), "t"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_gpu_suite_commands_parse_with_the_benchmarks_own_parsers(tmp_path):
+    lines = suite(tmp_path, DRY_RUN="1", BUDGET="100000").splitlines()
+    commands = [shlex.split(line[2:]) for line in lines if line.startswith("+ ")]
+    assert len(commands) == 6, lines
+    for words in commands:
+        env = list(itertools.takewhile(lambda w: re.match(r"[A-Z_]+=", w), words))
+        assert all(w.startswith("XLA_FLAGS=--xla_gpu_") for w in env), words
+        py, dash_m, module, *argv = words[len(env) :]
+        assert (py, dash_m) == ("python3", "-m") and module.startswith("benchmarks."), words
+        importlib.import_module(module).parser().parse_args(argv)  # SystemExit if a flag is wrong
+    tags = [words[words.index("--tag") + 1] for words in commands]
+    assert len(set(zip(tags, [w[-1] for w in commands], strict=True))) == 6
+
+
+def test_gpu_suite_skips_what_does_not_fit_its_budget(tmp_path):
+    out = suite(tmp_path, DRY_RUN="1", BUDGET="200")
+    ran = [line for line in out.splitlines() if line.startswith("+ ")]
+    skipped = [line for line in out.splitlines() if line.startswith("SKIPPED")]
+    assert len(ran) == 2 and len(skipped) == 4, out
+    assert "--modes scan,loop" in ran[0] and "cmdbuf" in ran[1]
+
+
+def test_gpu_suite_runs_each_item_with_its_environment_and_goes_on_after_a_failure(tmp_path):
+    fake = tmp_path / "fake_python"
+    fake.write_text(
+        '#!/usr/bin/env bash\necho "RAN [${XLA_FLAGS:-}] $*"\n'
+        'case "$*" in *step_time*) exit 3;; esac\n'
+    )
+    fake.chmod(0o755)
+    out = suite(tmp_path, PYTHON=str(fake), BUDGET="1000", XLA_FLAGS="")
+    ran = [line for line in out.splitlines() if line.startswith("RAN [") and "-m " in line]
+    assert len(ran) == 6, out
+    assert ran[1].startswith("RAN [--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL] -m")
+    assert all(line.startswith("RAN [] -m") for i, line in enumerate(ran) if i != 1)
+    assert "FAILED or cut by the budget (exit 3)" in out and "step_time" in out
