@@ -1,6 +1,6 @@
 """Offline demo: ResNet-32 + EBOMLC on scikit-learn's bundled 8x8 digits, 60% uniform noise.
 
-Runs on a fresh machine with no download (about one minute on 2 CPU cores); the default of
+Runs on a fresh machine with no download (about 1.5 minutes on 2 CPU cores); the default of
 `python run.py`.
 
     python run.py --config=configs/digits_uniform60.py --workdir=workdirs/digits_uniform60
@@ -11,7 +11,7 @@ from configs.base import setting
 
 def get_config():
     c = setting("digits", "uniform", 0.6)
-    c.num_epochs = 12  # DEVIATES from the paper's 120: a one-minute demo
+    c.num_epochs = 12  # DEVIATES from the paper's 120: a short demo
     c.optim.decay_epochs = (8, 10)  # the paper's 2/3 and 5/6 of training
     c.data.clean_fraction = 0.1  # 14 clean images per class: 2% would leave 3
     c.data.batch_size = 64  # the set has 1,297 noisy images
