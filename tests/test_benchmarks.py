@@ -10,6 +10,7 @@ import pathlib
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -119,3 +120,21 @@ def test_gpu_suite_runs_each_item_with_its_environment_and_goes_on_after_a_failu
     assert ran[1].startswith("RAN [--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL] -m")
     assert all(line.startswith("RAN [] -m") for i, line in enumerate(ran) if i != 1)
     assert "FAILED or cut by the budget (exit 3)" in out and "step_time" in out
+
+
+def test_benchmarks_import_nothing_the_gpu_image_lacks():
+    # The lent GPU machines have jax, flax, optax, orbax and chex but no tensorflow, tfds, clu or
+    # ml_collections (device KINDS.md); what the suite runs must not import them.
+    code = """
+import sys
+from benchmarks import common, epoch_time, full_run, step_time
+from ebomlc_jax import checkpoint, epochs, evaluate
+from ebomlc_jax.data import device
+absent = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
+print(sorted({m.split(".")[0] for m in sys.modules} & set(absent)))
+"""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
