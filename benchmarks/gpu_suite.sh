@@ -3,8 +3,8 @@
 # (default 540: a device call may run 600 s, and a session has 15 minutes of device time in all,
 # machine start included). The items run in the order of the open GPU targets; each runs
 # under a timeout of the time left, and an item whose estimate no longer fits is skipped (and says
-# so). Every benchmark writes its JSON after each row, so a cut keeps what was measured. Results go
-# to benchmarks/results/ (and to $OUT when set).
+# so). step_time and epoch_time write their JSON after each row, so a cut keeps what was measured.
+# Run from the repository root; results go to benchmarks/results/ (and to $OUT when set).
 #   bash benchmarks/gpu_suite.sh h100
 #   BUDGET=300 bash benchmarks/gpu_suite.sh h100     # a shorter lease: the first items only
 #   DRY_RUN=1 bash benchmarks/gpu_suite.sh h100      # print the commands (tests/test_benchmarks.py)
