@@ -50,6 +50,30 @@ def from_saveable(restored: PyTree, like: PyTree) -> PyTree:
     )
 
 
+def _saved_shapes(metadata: PyTree) -> dict[str, tuple[int, ...]]:
+    """orbax parameter name -> shape, from a checkpoint's metadata tree."""
+    return {m.name: tuple(m.shape) for m in jax.tree.leaves(metadata)}
+
+
+def _live_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+    """orbax parameter name -> shape, for the arrays that would be restored into."""
+    names = jax.tree.leaves(ocp.tree.get_param_names(tree, include_empty_nodes=False))
+    return dict(zip(names, (tuple(jnp.shape(x)) for x in jax.tree.leaves(tree)), strict=True))
+
+
+def shape_mismatches(saved: dict, wanted: dict, limit: int = 5) -> list[str]:
+    """The first `limit` differences between two name -> shape maps, as text."""
+    out = []
+    for key in sorted(saved.keys() | wanted.keys()):
+        if key not in wanted:
+            out.append(f"{key}: in the checkpoint only")
+        elif key not in saved:
+            out.append(f"{key}: not in the checkpoint")
+        elif saved[key] != wanted[key]:
+            out.append(f"{key}: checkpoint {saved[key]}, this run {wanted[key]}")
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
 @contextlib.contextmanager
 def _quiet_failed_reads():
     """Drop the "Event loop is closed" reports of a failed orbax restore (only those).
@@ -83,6 +107,11 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(
             self.directory,
+            # Named up front so that item_metadata can read a checkpoint before any restore.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "record": ocp.JsonCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=policy,
                 create=True,
@@ -119,6 +148,14 @@ class Checkpointer:
         failures, unreadable = [], []
         for epoch in reversed(self.steps()):
             try:
+                # Checked from the metadata first: a restore that fails on shapes leaves orbax's
+                # other reads pending, and their tracebacks surface later, at garbage collection.
+                saved = self._manager.item_metadata(epoch)["state"]
+                wrong = saved is not None and shape_mismatches(
+                    _saved_shapes(saved), _live_shapes(target)
+                )
+                if wrong:
+                    raise ValueError("saved by another model or config: " + "; ".join(wrong))
                 restored = self._manager.restore(
                     epoch,
                     args=ocp.args.Composite(

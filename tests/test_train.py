@@ -516,6 +516,24 @@ def test_a_failed_restore_reports_one_warning_not_tracebacks(finished_copy, monk
     assert str(reported[-1].exc_value) == "x"
 
 
+def test_an_incompatible_checkpoint_is_refused_from_its_metadata(tmp_path, monkeypatch):
+    """No read starts (a failed one leaves orbax's others pending, reported at collection)."""
+    ckpt = checkpoint.Checkpointer(tmp_path, asynchronous=False)
+    ckpt.save(1, {f"p{i}": jax.numpy.ones((8, 8 + i % 3)) for i in range(12)}, {}, 0.0)
+    like = {f"p{i}": jax.numpy.ones((8, 4 + i % 3)) for i in range(12)}
+    monkeypatch.setattr(ckpt._manager, "restore", lambda *a, **k: pytest.fail("read started"))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.restore_latest(like)
+    message = str(info.value)
+    assert "p0: checkpoint (8, 8), this run (8, 4)" in message, message
+    assert "... 7 more" in message  # the first 5 of 12 differences, then a count
+    saved, wanted = {"a": (2,), "b": (3,)}, {"a": (2,), "c": (1,)}
+    assert checkpoint.shape_mismatches(saved, wanted) == [
+        "b: in the checkpoint only",
+        "c: not in the checkpoint",
+    ]
+
+
 def test_all_checkpoints_corrupt_is_an_error_not_a_restart(finished_copy):
     workdir, config = finished_copy
     kept = checkpoint_epochs(workdir)
@@ -544,8 +562,10 @@ def test_incompatible_checkpoint_is_an_error_not_a_restart(finished_copy):
             "resume_with_changed_config": True,
         }
     )
-    with pytest.raises(CheckpointError, match="incompatible config/model"):
+    with pytest.raises(CheckpointError, match="incompatible config/model") as error:
         train.train_and_evaluate(wider, str(workdir))
+    # Found from the metadata, before any read starts: names an array and both shapes.
+    assert re.search(r"main\.\S+: checkpoint \(\d+.*\), this run \(\d+", str(error.value))
     assert checkpoint_epochs(workdir) == kept
     assert len(read_jsonl(workdir / "metrics.jsonl")) == rows
 
