@@ -145,15 +145,14 @@ class Checkpointer:
 
     def _restore_latest(self, like: PyTree) -> tuple[int, PyTree, dict] | None:
         target = to_saveable(like)  # concrete arrays: restore with their shapes and shardings
+        wanted = _live_shapes(target)
         failures, unreadable = [], []
         for epoch in reversed(self.steps()):
             try:
                 # Checked from the metadata first: a restore that fails on shapes leaves orbax's
                 # other reads pending, and their tracebacks surface later, at garbage collection.
                 saved = self._manager.item_metadata(epoch)["state"]
-                wrong = saved is not None and shape_mismatches(
-                    _saved_shapes(saved), _live_shapes(target)
-                )
+                wrong = saved is not None and shape_mismatches(_saved_shapes(saved), wanted)
                 if wrong:
                     raise ValueError("saved by another model or config: " + "; ".join(wrong))
                 restored = self._manager.restore(
