@@ -10,6 +10,11 @@ Rerunning the same command in the same workdir resumes from its latest checkpoin
 import os
 import pathlib
 
+if __name__ == "__main__":  # on CPU: restart once with huge pages for malloc (ebomlc_jax/host.py)
+    from ebomlc_jax import host
+
+    host.reexec_with_huge_pages()
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow (via tfds/clu) loads
 
 from absl import app, flags, logging  # noqa: E402

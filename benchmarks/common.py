@@ -123,6 +123,7 @@ def machine() -> dict:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),  # huge pages: ebomlc_jax/host.py
     }
 
 

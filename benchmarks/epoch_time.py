@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from ebomlc_jax import xla_cpu
+from ebomlc_jax import host, xla_cpu
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,4 +117,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    host.reexec_with_huge_pages()  # CPU: glibc reads its tunables at start
     sys.exit(main())

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from ebomlc_jax import xla_cpu
+from ebomlc_jax import host, xla_cpu
 
 
 def parser() -> argparse.ArgumentParser:
@@ -105,4 +105,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    host.reexec_with_huge_pages()  # CPU: glibc reads its tunables at start
     sys.exit(main())

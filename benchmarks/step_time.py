@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
-from ebomlc_jax import xla_cpu
+from ebomlc_jax import host, xla_cpu
 
 
 def batches(num_classes: int, seed: int = 0):
@@ -106,4 +106,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    host.reexec_with_huge_pages()  # CPU: glibc reads its tunables at start
     raise SystemExit(main())

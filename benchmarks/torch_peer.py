@@ -415,6 +415,7 @@ def machine_facts(device: torch.device) -> dict:
         "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "numpy_version": np.__version__,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "device": str(device),
         "device_name": cpu_model(),
     }

@@ -43,6 +43,8 @@ from jax import lax
 from jax._src import xla_bridge  # no public API tells whether JAX has started its backends
 from jax.custom_derivatives import SymbolicZero
 
+from ebomlc_jax.host import accelerator_plugins
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -169,7 +171,6 @@ def materialize(x: jax.Array) -> jax.Array:
 # compilers we did not check and which have no use for them).
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 FLAGS_JAXLIB = "0.10."
-ACCELERATOR_PACKAGES = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
 
 
 def with_cpu_flags(xla_flags: str) -> str:
@@ -206,9 +207,3 @@ def set_cpu_flags() -> bool:
         "ebomlc_jax.xla_cpu.set_cpu_flags() before the first JAX computation."
     )
     return False
-
-
-def accelerator_plugins() -> list[str]:
-    """Installed JAX GPU/TPU plugin packages (jax-cuda12-plugin, libtpu, ...)."""
-    names = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
-    return sorted({n for n in names if n.lower().startswith(ACCELERATOR_PACKAGES)})
