@@ -1,4 +1,4 @@
-"""Test setup: four fake CPU devices for the data-parallel tests (must precede jax's start)."""
+"""Test setup: four fake CPU devices (before jax starts) and one compilation cache per session."""
 
 import os
 
@@ -15,22 +15,29 @@ from ebomlc_jax import xla_cpu  # noqa: E402
 xla_cpu.set_cpu_flags()  # as run.py does (tests/test_xla_cpu.py checks that they took effect)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def compile_cache(tmp_path_factory):
-    """A persistent XLA cache for one module (in process and for run.py subprocesses, through
-    the environment): modules that compile the same programs many times pay each compile once."""
+    """One persistent XLA cache for the whole session, in process and, through the environment,
+    for subprocesses (run.py, the benchmarks): a program that several tests, runs or seeds
+    compile is compiled once. Keys include the program, flags and devices, never results."""
     path = tmp_path_factory.mktemp("xla_cache")
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    saved = {n: getattr(jax.config, n) for n in names}
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    settings = {
+        "jax_compilation_cache_dir": str(path),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    saved = {n: getattr(jax.config, n) for n in settings}
+    saved_env = {n.upper(): os.environ.get(n.upper()) for n in settings}
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
     compilation_cache.reset_cache()
     yield path
-    for n, v in saved.items():
-        jax.config.update(n, v)
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     compilation_cache.reset_cache()

@@ -45,12 +45,6 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(compile_cache):
-    """Every run in this module compiles the same few programs: pay each compile once."""
-    return compile_cache
-
-
 def test_the_fourteen_cifar_settings_exist():
     assert len(CIFAR) == 14
     assert set(CIFAR) <= set(SETTINGS), sorted(set(CIFAR) - set(SETTINGS))

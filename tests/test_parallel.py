@@ -16,13 +16,6 @@ from ebomlc_jax.data.device import BatchSpec
 EPOCHS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(compile_cache):
-    """Runs here compile the same few programs again and again (a new Runner jits anew), and
-    a seed's program is the same for every seed: pay each compile once."""
-    return compile_cache
-
-
 @functools.cache
 def datas(seeds=(0,)):
     c = tiny_config.get_config()

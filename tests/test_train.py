@@ -39,21 +39,10 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(compile_cache):
-    """Every run in this module compiles the same few programs: pay each compile once."""
-    return compile_cache
-
-
 @pytest.fixture
-def env(compile_cache):
-    """Environment of the run.py subprocesses: this one's (4 fake CPU devices) + the cache."""
-    return {
-        **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": str(compile_cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
+def env():
+    """Environment of the run.py subprocesses: this one's (4 fake CPU devices, the cache)."""
+    return dict(os.environ)
 
 
 def tiny(overrides=None):
