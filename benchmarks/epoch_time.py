@@ -11,11 +11,16 @@ Each configuration trains one warm-up epoch (compilation) and then times `--epoc
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
+if __name__ == "__main__":  # CPU: restart once with huge pages for malloc, before jax loads
+    from ebomlc_jax import host
 
-from ebomlc_jax import host, xla_cpu
+    host.reexec_with_huge_pages()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from ebomlc_jax import xla_cpu  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,5 +122,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    host.reexec_with_huge_pages()  # CPU: glibc reads its tunables at start
     sys.exit(main())

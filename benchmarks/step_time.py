@@ -8,14 +8,19 @@ images of a step; ratio = step time / CE step time.
 
 from __future__ import annotations
 
-import argparse
-import time
+if __name__ == "__main__":  # CPU: restart once with huge pages for malloc, before jax loads
+    from ebomlc_jax import host
 
-import jax
-import jax.numpy as jnp
+    host.reexec_with_huge_pages()
 
-from benchmarks import common
-from ebomlc_jax import host, xla_cpu
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from ebomlc_jax import xla_cpu  # noqa: E402
 
 
 def batches(num_classes: int, seed: int = 0):
@@ -106,5 +111,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    host.reexec_with_huge_pages()  # CPU: glibc reads its tunables at start
     raise SystemExit(main())

@@ -116,3 +116,36 @@ def test_an_entry_point_restarts_once_with_huge_pages_and_gets_them():
     without = int(lines[2].split()[1])
     # 64 MiB touched: most of it in 2 MiB pages with the tunable, none of it without.
     assert with_huge - without >= 32 * 1024, (with_huge, without)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["run.py"],
+        ["-m", "benchmarks.step_time"],
+        ["-m", "benchmarks.epoch_time"],
+        ["-m", "benchmarks.full_run"],
+    ],
+    ids=lambda e: e[-1],
+)
+def test_entry_points_restart_before_jax_is_imported(entry):
+    """The first process imports only ebomlc_jax.host, so JAX is imported once, after exec."""
+    decision = host.huge_page_tunables(
+        {}, host.thp_mode(), host.glibc_version(), host.accelerator_plugins()
+    )
+    if decision is None:
+        pytest.skip("no restart on this machine (THP not in madvise mode, no glibc, or a plugin)")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", *entry, "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    imports = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()]
+    hosts = [i for i, name in enumerate(imports) if name == "ebomlc_jax.host"]
+    assert len(hosts) == 2, out.stderr[-2000:]  # once per process image: restarted once
+    before_restart = imports[: hosts[1]]
+    assert not [n for n in before_restart if n == "jax" or n.startswith("jax.")], before_restart
