@@ -38,9 +38,63 @@ def conv3x3(features: int, strides: int, dtype, name: str) -> nn.Conv:
     )
 
 
-def batch_norm(train: bool, dtype, axis_name: str | None, name: str) -> nn.BatchNorm:
+class BatchNorm(nn.BatchNorm):
+    """flax BatchNorm that can normalise consecutive row segments each with its own statistics.
+
+    `segments=(n1, n2, ...)` (static, summing to the batch) makes one pass over a concatenation
+    of batches equal, up to float rounding, to one pass per batch: each segment's rows are
+    normalised with that segment's mean and variance (flax's formulas: float32 statistics,
+    E[x^2] - E[x]^2, global over `axis_name`), and the running averages are updated from the
+    first segment's, as if only the pass over it had been kept. Same variables as nn.BatchNorm.
+    """
+
+    @nn.compact
+    def __call__(self, x, use_running_average=None, *, segments=None):
+        train = not nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        if segments is None or len(segments) == 1 or not train or self.is_initializing():
+            return super().__call__(x, use_running_average)
+        if sum(segments) != x.shape[0]:
+            raise ValueError(f"segments {segments} do not sum to the batch size {x.shape[0]}")
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+        stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        axes = tuple(range(x.ndim - 1))
+        starts = [sum(segments[:i]) for i in range(len(segments))]
+        moments = jnp.stack(
+            [
+                jnp.stack([part.mean(axes), jnp.square(part).mean(axes)])
+                for part in (
+                    x[a : a + n].astype(stats_dtype) for a, n in zip(starts, segments, strict=True)
+                )
+            ]
+        )  # [segments, 2, features]
+        if self.axis_name is not None:
+            moments = jax.lax.pmean(moments, self.axis_name)
+        mean, mean2 = moments[:, 0], moments[:, 1]
+        var = jnp.maximum(0.0, mean2 - jnp.square(mean))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean[0]
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var[0]
+
+        def rows(v):  # [segments, features] -> [batch, 1, ..., 1, features]
+            v = jnp.concatenate(
+                [jnp.broadcast_to(v[i], (n, features)) for i, n in enumerate(segments)]
+            )
+            return v.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (features,))
+
+        y = x - rows(mean)  # the order of flax's _normalize
+        y *= rows(jax.lax.rsqrt(var + self.epsilon)) * scale
+        y += bias
+        return jnp.asarray(y, nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
+
+
+def batch_norm(train: bool, dtype, axis_name: str | None, name: str) -> BatchNorm:
     """PyTorch BatchNorm2d: eps 1e-5, running-average momentum 0.1 (= flax momentum 0.9)."""
-    return nn.BatchNorm(
+    return BatchNorm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,
@@ -59,11 +113,11 @@ class BasicBlock(nn.Module):
     bn_axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool, segments=None) -> jax.Array:
         y = conv3x3(self.features, self.strides, self.dtype, "conv1")(x)
-        y = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(y))
+        y = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(y, segments=segments))
         y = conv3x3(self.features, 1, self.dtype, "conv2")(y)
-        y = batch_norm(train, self.dtype, self.bn_axis_name, "bn2")(y)
+        y = batch_norm(train, self.dtype, self.bn_axis_name, "bn2")(y, segments=segments)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = x[:, :: self.strides, :: self.strides, :]
@@ -76,7 +130,8 @@ class CifarResNet(nn.Module):
     """ResNet-(6n+2) for small images: stem, stages, global average pool, linear head.
 
     Returns `(logits [B, K], features [B, widths[-1]])`; any input size divisible by 4 works.
-    `bn_axis_name` makes BatchNorm use global-batch statistics under pmap.
+    `bn_axis_name` makes BatchNorm use global-batch statistics under pmap. `segments` (training
+    only) runs several batches, concatenated, in one pass with per-batch BN statistics.
     """
 
     num_classes: int
@@ -86,15 +141,17 @@ class CifarResNet(nn.Module):
     bn_axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array, train: bool = True, segments: tuple[int, ...] | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         x = conv3x3(self.widths[0], 1, self.dtype, "conv")(x.astype(self.dtype))
-        x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn")(x))
+        x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn")(x, segments=segments))
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(
                     width, strides, self.dtype, self.bn_axis_name, name=f"stage{stage}_block{block}"
-                )(x, train)
+                )(x, train, segments)
         features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
         logits = nn.Dense(
             self.num_classes,
