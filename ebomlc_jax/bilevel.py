@@ -13,7 +13,8 @@ quantity, MLC's hypergradient, is one JVP of the main network plus one VJP of th
 
 The methods compose the same building blocks through *objectives*, `(main, meta) -> (loss, aux)`,
 built by `lower_objective` / `upper_objective` from an `apply` function that may also return an
-aux value (the BatchNorm statistics update), so the loss formulas exist once.
+aux value (the BatchNorm statistics update), so the loss formulas exist once. A `joint` function
+lets G's noisy and clean batches share one pass of the network.
 """
 
 from collections.abc import Callable, Mapping
@@ -29,6 +30,9 @@ MainFn = Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array]]
 MetaFn = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 # apply(main_params, images) -> (logits, features, aux): a MainFn that also returns a side output.
 MainApply = Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array, Any]]
+# joint(main_params, images, clean_images) -> (logits, features, aux, clean_logits): both batches
+# in one pass of the network, each normalised as if alone (e.g. BatchNorm statistics per batch).
+JointApply = Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, jax.Array, Any, jax.Array]]
 Objective = Callable[[PyTree, PyTree], tuple[jax.Array, Any]]
 
 
@@ -88,21 +92,32 @@ def with_aux(main_fn: MainFn) -> MainApply:
 
 
 def lower_objective(
-    batch: Batch, apply: MainApply, meta_fn: MetaFn, clean_batch: Batch | None = None
+    batch: Batch,
+    apply: MainApply,
+    meta_fn: MetaFn,
+    clean_batch: Batch | None = None,
+    joint: JointApply | None = None,
 ) -> Objective:
     """G of Eq. 3 on `batch`; with `clean_batch`, its hard-label CE is mixed in by batch size.
 
     The mixed form is the released code's lower loss (REFERENCE_NOTES 4.6). aux: the side
     output of the pass over `batch` ("apply") and the meta model's soft labels ("targets").
+    With `joint`, both batches go through the network in one pass instead of two.
     """
 
     def objective(main_params: PyTree, meta_params: PyTree) -> tuple[jax.Array, Any]:
-        logits, features, aux = apply(main_params, batch["image"])
+        if clean_batch is not None and joint is not None:
+            logits, features, aux, clean_logits = joint(
+                main_params, batch["image"], clean_batch["image"]
+            )
+        else:
+            logits, features, aux = apply(main_params, batch["image"])
+            if clean_batch is not None:
+                clean_logits = apply(main_params, clean_batch["image"])[0]
         targets = meta_fn(meta_params, jax.lax.stop_gradient(features), batch["label"])
         loss = soft_cross_entropy(logits, targets)
         if clean_batch is not None:
             n, m = batch["label"].shape[0], clean_batch["label"].shape[0]
-            clean_logits = apply(main_params, clean_batch["image"])[0]
             loss = (n * loss + m * cross_entropy(clean_logits, clean_batch["label"])) / (n + m)
         return loss, {"apply": aux, "targets": targets}
 

@@ -72,6 +72,7 @@ def build_method(
         weight_decay=config.optim.weight_decay,
         meta_lr=config.optim.meta_lr,
         clean_in_lower_loss=config.data.clean_in_lower_loss,
+        joint_lower_pass=m.joint_lower_pass,
         axis_name=axis_name,
     )
     extra: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -336,3 +337,65 @@ def test_batch_stats_come_from_the_noisy_pass_at_w():
     )
     new_state, _ = step(state, noisy, clean)
     assert_trees_close(new_state["main"]["batch_stats"], updates["batch_stats"])
+
+
+# ---------------------------------------------------------------- G's two batches in one pass
+def test_segmented_batchnorm_equals_one_pass_per_batch_in_float64():
+    """segments=(n, m): each batch normalised with its own statistics; running averages from
+    the first; init, eval mode and one segment are plain flax BatchNorm."""
+    with jax.enable_x64(True):
+        model = models.CifarResNet(K, blocks_per_stage=1, widths=(4, 8), dtype=jnp.float64)
+        v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+        v = jax.tree.map(lambda a: a.astype(jnp.float64), v)
+        a = jax.random.normal(jax.random.key(1), (6, 8, 8, 3), jnp.float64)
+        b = 3 * jax.random.normal(jax.random.key(2), (4, 8, 8, 3), jnp.float64) + 1
+
+        def run(x, **kw):
+            return model.apply(v, x, train=True, mutable=["batch_stats"], **kw)
+
+        (la, fa), ua = run(a)
+        (lb, fb), _ = run(b)
+        (logits, f), u = run(jnp.concatenate([a, b]), segments=(6, 4))
+        np.testing.assert_allclose(logits, jnp.concatenate([la, lb]), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(f, jnp.concatenate([fa, fb]), rtol=1e-12, atol=1e-12)
+        assert_trees_close(u, ua, atol=1e-12, rtol=1e-12)
+        # Not one pass over the concatenation: its statistics mix the batches.
+        (l_mixed, _), _ = run(jnp.concatenate([a, b]))
+        assert np.abs(l_mixed - logits).max() > 1e-3
+        (l1, _), u1 = run(a, segments=(6,))
+        np.testing.assert_array_equal(l1, la)
+        with pytest.raises(ValueError, match=r"segments \(6, 3\) do not sum to the batch size 10"):
+            run(jnp.concatenate([a, b]), segments=(6, 3))
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [("ebomlc", {"keep_inner_step": True}), ("mlc", {})],  # mlc: forward mode through it too
+)
+def test_joint_lower_pass_equals_two_passes(name, kw):
+    """method.joint_lower_pass changes how G is computed, not what: states agree to rounding."""
+    _, _, separate, meas_sep = run_steps(name, 2, **kw)
+    _, _, joint, meas_joint = run_steps(name, 2, joint_lower_pass=True, **kw)
+    assert_trees_close(
+        {k: v for k, v in joint.items() if k != "rng"},
+        {k: v for k, v in separate.items() if k != "rng"},
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    assert_trees_close(meas_joint, meas_sep, atol=1e-5, rtol=1e-4)
+
+
+def test_joint_lower_pass_needs_a_model_that_takes_segments():
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=True):
+            return nn.Dense(K)(x.reshape(x.shape[0], -1)), x.reshape(x.shape[0], -1)
+
+    with pytest.raises(ConfigError, match="method.joint_lower_pass=True.*Plain.*Allowed: False"):
+        methods.create(
+            "ebomlc",
+            main_model=Plain(),
+            meta_model=tiny_models()[1],
+            lr_schedule=lambda s: 0.1,
+            joint_lower_pass=True,
+        )

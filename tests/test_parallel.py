@@ -104,6 +104,12 @@ def test_pmap_equals_jit_sharding():
     assert_close(sharded, reference())
 
 
+def test_joint_lower_pass_on_four_devices_equals_two_passes_on_one():
+    """Per-batch BN statistics of the one-pass G stay global under jit sharding and pmap."""
+    assert_close(run(devices=4, joint_lower_pass=True), reference())
+    assert_close(run(mode="pmap", devices=4, joint_lower_pass=True), reference())
+
+
 @pytest.mark.parametrize("seeds_mode", ["vmap", "map"])
 def test_vmapped_seeds_equal_separate_runs(seeds_mode):
     state, trace = run(seeds=(0, 1), seeds_mode=seeds_mode)

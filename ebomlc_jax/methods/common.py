@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -54,6 +55,11 @@ def sgd_delta(
     )
 
 
+def accepts_segments(model: nn.Module) -> bool:
+    """Whether the model's __call__ takes `segments` (one pass over concatenated batches)."""
+    return "segments" in inspect.signature(type(model).__call__).parameters
+
+
 def split_clean(clean_batch: Batch, into_lower: bool) -> tuple[Batch, Batch | None]:
     """(upper batch, lower batch): halves when the clean batch is also mixed into G."""
     return split_clean_batch(clean_batch) if into_lower else (clean_batch, None)
@@ -104,6 +110,29 @@ def main_apply(
     return apply
 
 
+def joint_main_apply(
+    model: nn.Module, batch_stats: PyTree, axis_name: str | None = None
+) -> bilevel.JointApply:
+    """`main_apply` over two batches in one pass: concatenated, BN statistics per batch.
+
+    The model takes `segments=(n, m)` (CifarResNet does); the BN update is the first batch's,
+    as `main_apply` over it alone would give.
+    """
+
+    def apply(params: PyTree, images: jax.Array, clean_images: jax.Array):
+        n, m = images.shape[0], clean_images.shape[0]
+        (logits, features), updates = model.apply(
+            {"params": reduce_grad(params, axis_name), "batch_stats": batch_stats},
+            jnp.concatenate([images, clean_images]),
+            train=True,
+            segments=(n, m),
+            mutable=["batch_stats"],
+        )
+        return logits[:n], features[:n], updates["batch_stats"], logits[n:]
+
+    return apply
+
+
 def meta_fn(
     model: nn.Module, dropout_key: jax.Array | None, axis_name: str | None = None
 ) -> bilevel.MetaFn:
@@ -135,6 +164,7 @@ class Method:
     weight_decay: float = 5e-4
     meta_lr: float = 3e-4
     clean_in_lower_loss: bool = True
+    joint_lower_pass: bool = False  # G's noisy and clean batches in one pass (per-batch BN stats)
     axis_name: str | None = None  # pmap axis; the models must be built with the same one
 
     uses_meta: ClassVar[bool] = True
@@ -149,6 +179,11 @@ class Method:
                     f"{type(model).__name__} has axis name {name!r} but the method has "
                     f"{self.axis_name!r}: build both for the same parallel mode"
                 )
+        if self.joint_lower_pass and not accepts_segments(self.main_model):
+            raise ConfigError(
+                f"method.joint_lower_pass=True needs a main model whose __call__ takes `segments` "
+                f"(CifarResNet does); {type(self.main_model).__name__} does not. Allowed: False"
+            )
 
     @property
     def main_tx(self) -> optax.GradientTransformation:
@@ -210,14 +245,18 @@ class Method:
         """F on the (first half of the) clean batch and one G per dropout key in `lower_keys`.
 
         F mixes in the meta model (Eq. 9, its own dropout key) when `upper_key` is given, else
-        it is the plain CE of Eq. 2. G holds the second clean half when clean_in_lower_loss.
+        it is the plain CE of Eq. 2. G holds the second clean half when clean_in_lower_loss,
+        passed through the network together with the noisy batch when joint_lower_pass.
         """
         apply = self.apply_fn(state)
+        joint = None
+        if self.joint_lower_pass:
+            joint = joint_main_apply(self.main_model, state["main"]["batch_stats"], self.axis_name)
         upper_batch, lower_clean = split_clean(clean_batch, self.clean_in_lower_loss)
         upper_meta = None if upper_key is None else self.meta_fn(upper_key)
         upper = bilevel.upper_objective(upper_batch, apply, upper_meta, rho, mixture)
         lowers = [
-            bilevel.lower_objective(noisy_batch, apply, self.meta_fn(k), lower_clean)
+            bilevel.lower_objective(noisy_batch, apply, self.meta_fn(k), lower_clean, joint)
             for k in lower_keys
         ]
         return upper, lowers
