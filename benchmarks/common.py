@@ -57,6 +57,7 @@ METHODS = {
     "ce": ("ce", {}),
     "ebomlc-paper": ("ebomlc", {"variant": "paper"}),
     "ebomlc-paper-noisy-G": ("ebomlc", {"variant": "paper", "clean_in_lower_loss": False}),
+    "ebomlc-paper-joint": ("ebomlc", {"variant": "paper", "joint_lower_pass": True}),
     "ebomlc-reference": ("ebomlc", {"variant": "reference"}),
     "mlc": ("mlc", {}),
     "mlc_d": ("mlc_d", {"k": 5, "delta": 0.5}),

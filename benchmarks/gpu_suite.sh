@@ -43,14 +43,18 @@ item 130 $py -m benchmarks.epoch_time --tag "$tag" --num-classes 100 --modes sca
 # launch-bound at these sizes (untried so far; XLA's default leaves loops out of the graphs).
 item 65 XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL \
   $py -m benchmarks.epoch_time --tag "$tag-cmdbuf-while" --num-classes 100 --modes scan
+# The same scanned epoch with G's noisy batch and clean half in one ResNet pass
+# (method.joint_lower_pass): 3 passes per step instead of 5, for a launch-bound GPU.
+item 65 $py -m benchmarks.epoch_time --tag "$tag-joint" --method ebomlc-paper-joint --num-classes 100 \
+  --modes scan
 # A full run (epochs + evaluation + checkpoints), 3 epochs extrapolated to 120 (target: 5 min).
 item 110 $py -m benchmarks.full_run --tag "$tag" --num-classes 100 --epochs 3
 # Step times of CE and EBOMLC (the EBOMLC / CE ratio; the other methods were measured before).
-item 55 $py -m benchmarks.step_time --tag "$tag" --methods ce,ebomlc-paper,ebomlc-paper-noisy-G \
-  --repeats 30 --warmup 5
+item 80 $py -m benchmarks.step_time --tag "$tag" \
+  --methods ce,ebomlc-paper,ebomlc-paper-noisy-G,ebomlc-paper-joint --repeats 30 --warmup 5
 # Three seeds in one program (target: under 1.5x one seed; compare with the scan row above).
 # Estimates are from the H100 runs of 2026-11-25 (compilation included); at the default budget
-# the vmapped seeds (4.0x one seed then) are what is left out.
+# the seeds (map ~3x, vmap 4.0x one seed then) are what is left out.
 item 100 $py -m benchmarks.epoch_time --tag "$tag-seeds-map" --num-classes 100 --modes scan \
   --seeds 3 --seeds-mode map
 item 130 $py -m benchmarks.epoch_time --tag "$tag-seeds" --num-classes 100 --modes scan --seeds 3

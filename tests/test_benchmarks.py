@@ -73,7 +73,7 @@ def suite(tmp_path, **env) -> str:
 def test_gpu_suite_commands_parse_with_the_benchmarks_own_parsers(tmp_path):
     lines = suite(tmp_path, DRY_RUN="1", BUDGET="100000").splitlines()
     commands = [shlex.split(line[2:]) for line in lines if line.startswith("+ ")]
-    assert len(commands) == 6, lines
+    assert len(commands) == 7, lines
     outputs = set()
     for words in commands:
         env = list(itertools.takewhile(lambda w: re.match(r"[A-Z_]+=", w), words))
@@ -82,14 +82,14 @@ def test_gpu_suite_commands_parse_with_the_benchmarks_own_parsers(tmp_path):
         assert (py, dash_m) == ("python3", "-m") and module.startswith("benchmarks."), words
         importlib.import_module(module).parser().parse_args(argv)  # SystemExit if a flag is wrong
         outputs.add((module, argv[argv.index("--tag") + 1]))
-    assert len(outputs) == 6  # no item overwrites another's results file
+    assert len(outputs) == 7  # no item overwrites another's results file
 
 
 def test_gpu_suite_skips_what_does_not_fit_its_budget(tmp_path):
     out = suite(tmp_path, DRY_RUN="1", BUDGET="200")
     ran = [line for line in out.splitlines() if line.startswith("+ ")]
     skipped = [line for line in out.splitlines() if line.startswith("SKIPPED")]
-    assert len(ran) == 2 and len(skipped) == 4, out
+    assert len(ran) == 2 and len(skipped) == 5, out
     assert "--modes scan,loop" in ran[0] and "cmdbuf" in ran[1]
 
 
@@ -102,7 +102,7 @@ def test_gpu_suite_runs_each_item_with_its_environment_and_goes_on_after_a_failu
     fake.chmod(0o755)
     out = suite(tmp_path, PYTHON=str(fake), BUDGET="1000", XLA_FLAGS="")
     ran = [line for line in out.splitlines() if line.startswith("RAN [") and "-m " in line]
-    assert len(ran) == 6, out
+    assert len(ran) == 7, out
     assert ran[1].startswith("RAN [--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL] -m")
     assert all(line.startswith("RAN [] -m") for i, line in enumerate(ran) if i != 1)
     failed = [line for line in out.splitlines() if line.startswith("FAILED")]
