@@ -17,9 +17,10 @@ xla_cpu.set_cpu_flags()  # as run.py does (tests/test_xla_cpu.py checks that the
 
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache(tmp_path_factory):
-    """One persistent XLA cache for the whole session, in process and, through the environment,
-    for subprocesses (run.py, the benchmarks): a program that several tests, runs or seeds
-    compile is compiled once. Keys include the program, flags and devices, never results."""
+    """One persistent XLA cache per pytest process (each xdist worker has its own), in process
+    and, through the environment, for subprocesses (run.py, the benchmarks): a program that
+    several tests, runs or seeds compile is compiled once. Keys include the program, flags and
+    devices, never results."""
     path = tmp_path_factory.mktemp("xla_cache")
     settings = {
         "jax_compilation_cache_dir": str(path),
