@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ebomlc_jax.xla_cpu import conv_general_dilated, materialize
 
@@ -62,16 +63,12 @@ class BatchNorm(nn.BatchNorm):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
-        stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
         axes = tuple(range(x.ndim - 1))
-        starts = [sum(segments[:i]) for i in range(len(segments))]
+        parts = jnp.split(
+            x.astype(jnp.promote_types(x.dtype, jnp.float32)), np.cumsum(segments)[:-1]
+        )
         moments = jnp.stack(
-            [
-                jnp.stack([part.mean(axes), jnp.square(part).mean(axes)])
-                for part in (
-                    x[a : a + n].astype(stats_dtype) for a, n in zip(starts, segments, strict=True)
-                )
-            ]
+            [jnp.stack([part.mean(axes), jnp.square(part).mean(axes)]) for part in parts]
         )  # [segments, 2, features]
         if self.axis_name is not None:
             moments = jax.lax.pmean(moments, self.axis_name)
