@@ -28,17 +28,12 @@ def compile_cache(tmp_path_factory):
         "jax_persistent_cache_min_entry_size_bytes": 0,
     }
     saved = {n: getattr(jax.config, n) for n in settings}
-    saved_env = {n.upper(): os.environ.get(n.upper()) for n in settings}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-        os.environ[name.upper()] = str(value)
-    compilation_cache.reset_cache()
-    yield path
+    with pytest.MonkeyPatch.context() as patch:  # restores the environment afterwards
+        for name, value in settings.items():
+            jax.config.update(name, value)
+            patch.setenv(name.upper(), str(value))
+        compilation_cache.reset_cache()
+        yield path
     for name, value in saved.items():
         jax.config.update(name, value)
-    for name, value in saved_env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
     compilation_cache.reset_cache()

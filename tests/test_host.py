@@ -84,8 +84,20 @@ print("huge_kb", kb["AnonHugePages"])
 """
 
 
+def skip_unless_this_machine_restarts() -> None:
+    decision = host.huge_page_tunables(
+        {}, host.thp_mode(), host.glibc_version(), host.accelerator_plugins()
+    )
+    if decision is None:
+        pytest.skip("no restart on this machine (THP not in madvise mode, no glibc, or a plugin)")
+
+
+def environ_without_tunables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+
+
 def run_child(tunables: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env = environ_without_tunables()
     if tunables is not None:
         env["GLIBC_TUNABLES"] = tunables
     out = subprocess.run(
@@ -101,11 +113,7 @@ def run_child(tunables: str | None) -> list[str]:
 
 
 def test_an_entry_point_restarts_once_with_huge_pages_and_gets_them():
-    decision = host.huge_page_tunables(
-        {}, host.thp_mode(), host.glibc_version(), host.accelerator_plugins()
-    )
-    if decision is None:
-        pytest.skip("no restart on this machine (THP not in madvise mode, no glibc, or a plugin)")
+    skip_unless_this_machine_restarts()
     lines = run_child(None)
     assert lines[:2] == ["start", "start"], lines  # restarted exactly once
     assert lines[2] == f"argv ['x', '--flag=1'] tunables {ON}"
@@ -130,16 +138,11 @@ def test_an_entry_point_restarts_once_with_huge_pages_and_gets_them():
 )
 def test_entry_points_restart_before_jax_is_imported(entry):
     """The first process imports only ebomlc_jax.host, so JAX is imported once, after exec."""
-    decision = host.huge_page_tunables(
-        {}, host.thp_mode(), host.glibc_version(), host.accelerator_plugins()
-    )
-    if decision is None:
-        pytest.skip("no restart on this machine (THP not in madvise mode, no glibc, or a plugin)")
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    skip_unless_this_machine_restarts()
     out = subprocess.run(
         [sys.executable, "-X", "importtime", *entry, "--help"],
         cwd=ROOT,
-        env=env,
+        env=environ_without_tunables(),
         capture_output=True,
         text=True,
         timeout=300,
