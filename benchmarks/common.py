@@ -84,20 +84,20 @@ def make_method(
     )
 
 
-def timeit(fn: Callable[[], object], repeats: int) -> dict:
-    """Median/min/IQR seconds of `fn()` (which must block until its work is done)."""
+def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn()` (which must block until its work is done)."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
+    return times
+
+
+def summarise_times(times: list[float]) -> dict:
+    """Median, min and interquartile range of some timings, in seconds."""
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "iqr_s": q[2] - q[0],
-        "repeats": repeats,
-    }
+    return {"median_s": statistics.median(times), "min_s": min(times), "iqr_s": q[2] - q[0]}
 
 
 def cpu_model() -> str:

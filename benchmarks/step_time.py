@@ -1,9 +1,13 @@
 """Step time of every method on ResNet-32, CIFAR-shaped batches (100 noisy + 100 clean).
 
-All in one process, after compilation; median of repeated timings; images/s counts the 200
-images of a step; ratio = step time / CE step time.
+All in one process: every step is compiled and warmed up first, then the methods are timed in
+turn, `--repeats` steps each, for `--rounds` rounds (the order reversed every other round), so a
+machine whose speed drifts slows every method alike. median_s is over all of a method's timings;
+ratio_to_ce is the median over rounds of (its round median / CE's round median); images/s counts
+the 200 images of a step.
 
     python -m benchmarks.step_time --tag cpu --repeats 10
+    python -m benchmarks.step_time --tag cpu --methods ce,ebomlc-paper --rounds 8 --repeats 3
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ if __name__ == "__main__":  # CPU: restart once with huge pages for malloc, befo
     host.reexec_with_huge_pages()
 
 import argparse  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -37,7 +43,8 @@ def batches(num_classes: int, seed: int = 0):
     return noisy, clean
 
 
-def measure(key: str, num_classes: int, repeats: int, warmup: int, dtype=None) -> dict:
+def prepare(key: str, num_classes: int, warmup: int, dtype=None) -> tuple[dict, Callable[[], None]]:
+    """Compile one method's step and warm it up: its row so far, and one blocking step."""
     method = common.make_method(key, num_classes, dtype=dtype)
     noisy, clean = batches(num_classes)
     state = method.init(jax.random.key(0), noisy["image"][:1])
@@ -54,15 +61,31 @@ def measure(key: str, num_classes: int, repeats: int, warmup: int, dtype=None) -
 
     for _ in range(warmup):
         one()
-    timing = common.timeit(one, repeats)
-    return {
+    row = {
         "method": key,
         "compile_s": compile_s,
-        **timing,
-        "images_per_s": 200 / timing["median_s"],
         "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
         "peak_memory_bytes_so_far": common.peak_memory_bytes(),
     }
+    return row, one
+
+
+def summarise(row: dict, times: list[list[float]], ce_times: list[list[float]] | None) -> None:
+    """Fill a row from its per-round timings; ratios to CE are taken round by round."""
+    flat = [t for r in times for t in r]
+    row.update(common.summarise_times(flat))
+    row["repeats"] = len(times[0])
+    row["rounds"] = len(times)
+    row["round_median_s"] = [statistics.median(r) for r in times]
+    row["images_per_s"] = 200 / row["median_s"]
+    row["ratio_to_ce_rounds"] = (
+        [statistics.median(r) / statistics.median(c) for r, c in zip(times, ce_times, strict=True)]
+        if ce_times
+        else None
+    )
+    row["ratio_to_ce"] = (
+        statistics.median(row["ratio_to_ce_rounds"]) if row["ratio_to_ce_rounds"] else None
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,6 +93,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tag", default=None, help="results file tag (default: the backend)")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1, help="times each method is timed in turn")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--methods", default=",".join(common.METHODS))
     ap.add_argument("--dtype", default=None, help="main-model compute dtype, e.g. bfloat16")
@@ -80,17 +104,31 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    keys = args.methods.split(",")
+    unknown = [k for k in keys if k not in common.METHODS]
+    if unknown:
+        ap.error(f"--methods: unknown {unknown}; allowed values: {', '.join(common.METHODS)}")
+    if args.rounds < 1 or args.repeats < 1:
+        ap.error(f"--rounds and --repeats must be at least 1, got {args.rounds}, {args.repeats}")
     if not args.no_cpu_flags:
         xla_cpu.set_cpu_flags()  # before JAX starts
     dtype = jnp.dtype(args.dtype) if args.dtype else None
-    rows = []
-    for k in args.methods.split(","):
-        rows.append(measure(k, args.num_classes, args.repeats, args.warmup, dtype))
-        ce = next((r["median_s"] for r in rows if r["method"] == "ce"), None)
-        for r in rows:
-            r["ratio_to_ce"] = r["median_s"] / ce if ce else None
-        # Written after every method, so a run cut short by a timeout keeps what it measured.
+    rows, steps = [], []
+    for k in keys:
+        row, one = prepare(k, args.num_classes, args.warmup, dtype)
+        rows.append(row)
+        steps.append(one)
+    times = [[] for _ in rows]
+    for r in range(args.rounds):
+        order = range(len(rows)) if r % 2 == 0 else reversed(range(len(rows)))
+        for i in order:
+            times[i].append(common.time_calls(steps[i], args.repeats))
+        ce = next((times[i] for i, row in enumerate(rows) if row["method"] == "ce"), None)
+        for row, t in zip(rows, times, strict=True):
+            summarise(row, t, ce)
+        # Written after every round, so a run cut short by a timeout keeps what it measured.
         common.write(
             f"step_time_{args.tag or jax.default_backend()}_k{args.num_classes}",
             {
@@ -100,12 +138,15 @@ def main(argv=None) -> int:
                 "rows": rows,
             },
         )
-    print(f"{'method':24s} {'s/step':>9s} {'img/s':>8s} {'x CE':>6s} {'compile s':>9s}")
+    print(
+        f"{'method':24s} {'s/step':>9s} {'img/s':>8s} {'x CE':>6s} {'compile s':>9s}  x CE by round"
+    )
     for r in rows:
         ratio = f"{r['ratio_to_ce']:.2f}" if r["ratio_to_ce"] else "-"
+        by_round = " ".join(f"{x:.2f}" for x in r["ratio_to_ce_rounds"] or [])
         print(
             f"{r['method']:24s} {r['median_s']:9.4f} {r['images_per_s']:8.0f} {ratio:>6s} "
-            f"{r['compile_s']:9.1f}"
+            f"{r['compile_s']:9.1f}  {by_round}"
         )
     return 0
 

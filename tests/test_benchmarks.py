@@ -25,16 +25,48 @@ def results(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_step_time_writes_its_table(results, capsys):
-    assert step_time.main(["--methods", "ce", "--repeats", "2", "--warmup", "0", "--tag", "t"]) == 0
+def test_step_time_writes_its_table_after_each_round(results, monkeypatch, capsys):
+    written = []
+    write = common.write
+    monkeypatch.setattr(common, "write", lambda n, r: written.append(n) or write(n, r))
+    argv = ["--methods", "ce", "--repeats", "2", "--rounds", "2", "--warmup", "0", "--tag", "t"]
+    assert step_time.main(argv) == 0
+    assert written == ["step_time_t_k10"] * 2
     record = json.loads((results / "step_time_t_k10.json").read_text())
     (row,) = record["rows"]
-    assert row["method"] == "ce" and row["repeats"] == 2
+    assert row["method"] == "ce" and row["repeats"] == 2 and row["rounds"] == 2
+    assert len(row["round_median_s"]) == 2 and row["ratio_to_ce_rounds"] == [1.0, 1.0]
     assert 0 < row["min_s"] <= row["median_s"] and row["ratio_to_ce"] == 1.0
     assert row["images_per_s"] == pytest.approx(200 / row["median_s"])
     assert row["compile_s"] > 0 and row["peak_memory_bytes_so_far"] > 0
     assert {"jax", "device", "cpu", "date"} <= set(record["machine"]), record["machine"]
     assert "ce " in capsys.readouterr().out
+
+
+def test_step_time_ratios_are_taken_round_by_round():
+    # The machine slowed down 4x in round 2 for both: each round says 2x, then 1x.
+    row = {}
+    step_time.summarise(row, [[2.0, 2.0], [4.0, 4.0]], [[1.0, 1.0], [4.0, 4.0]])
+    assert row["ratio_to_ce_rounds"] == [2.0, 1.0] and row["ratio_to_ce"] == 1.5
+    assert row["median_s"] == 3.0 and row["min_s"] == 2.0 and row["round_median_s"] == [2.0, 4.0]
+    assert row["repeats"] == 2 and row["rounds"] == 2 and row["images_per_s"] == 200 / 3.0
+    no_ce = {}
+    step_time.summarise(no_ce, [[1.0]], None)
+    assert no_ce["ratio_to_ce"] is None and no_ce["ratio_to_ce_rounds"] is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "ce,sgd"], "--methods: unknown ['sgd']; allowed values: ce, ebomlc-paper"),
+        (["--rounds", "0"], "--rounds and --repeats must be at least 1, got 0, 10"),
+    ],
+)
+def test_step_time_rejects_bad_arguments_before_compiling(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(step_time, "prepare", lambda *a: pytest.fail("compiled"))
+    with pytest.raises(SystemExit) as exit_:
+        step_time.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_epoch_time_compares_scan_and_loop_and_writes_after_each(results, monkeypatch):
