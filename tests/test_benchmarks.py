@@ -73,14 +73,34 @@ def test_epoch_time_compares_scan_and_loop_and_writes_after_each(results, monkey
     written = []  # rows in each write: a run cut short keeps the rows measured before the cut
     write = common.write
     monkeypatch.setattr(common, "write", lambda n, r: written.append(len(r["rows"])) or write(n, r))
-    argv = ["--method", "ce", "--num-classes", "10", "--steps", "2", "--tag", "t"]
+    argv = ["--method", "ce", "--num-classes", "10", "--steps", "2", "--rounds", "2", "--tag", "t"]
     assert epoch_time.main(argv) == 0
-    assert written == [1, 2]
+    assert written == [1, 2, 2, 2]  # each configuration compiled, then each round
     record = json.loads((results / "epoch_time_t_ce.json").read_text())
     assert [r["mode"] for r in record["rows"]] == ["scan", "loop"]
+    scan, loop = record["rows"]
     for r in record["rows"]:
-        assert r["steps_per_epoch"] == 2 and r["epoch_s"] > 0
+        assert r["steps_per_epoch"] == 2 and r["first_epoch_s"] > 0
+        assert len(r["epoch_s_rounds"]) == 2 and r["epoch_s"] > 0
         assert r["steps_per_s"] == pytest.approx(2 / r["epoch_s"])
+    assert scan["ratio_to_first"] == 1.0
+    ratios = [a / b for a, b in zip(loop["epoch_s_rounds"], scan["epoch_s_rounds"], strict=True)]
+    assert loop["ratio_to_first"] == pytest.approx(sum(ratios) / 2)  # the median of two
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--modes", "scan,sacn"], "--modes: 'scan,sacn'; allowed values: scan, loop"),
+        (["--rounds", "0"], "--rounds and --epochs must be at least 1, got 0, 1"),
+        (["--seeds-mode", "pmap"], "argument --seeds-mode: invalid choice: 'pmap'"),
+    ],
+)
+def test_epoch_time_rejects_bad_arguments_before_compiling(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(common, "synthetic_cifar", lambda *a, **k: pytest.fail("started"))
+    with pytest.raises(SystemExit) as exit_:
+        epoch_time.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_full_run_trains_evaluates_checkpoints_and_extrapolates(results):
