@@ -100,6 +100,18 @@ def summarise_times(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "iqr_s": q[2] - q[0]}
 
 
+def round_order(count: int, round_index: int) -> list[int]:
+    """Indices of `count` things timed in turn: in order on even rounds, reversed on odd ones."""
+    order = list(range(count))
+    return order if round_index % 2 == 0 else order[::-1]
+
+
+def ratio_by_round(per_round: list[float], reference: list[float]) -> tuple[float, list[float]]:
+    """Median over rounds of each round's ratio to the reference's same round, and the ratios."""
+    ratios = [a / b for a, b in zip(per_round, reference, strict=True)]
+    return statistics.median(ratios), ratios
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):

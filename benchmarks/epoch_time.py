@@ -118,7 +118,7 @@ def main(argv=None) -> int:
                 write(rows)
     epoch = 1
     for r in range(args.rounds):
-        for i in range(len(runs)) if r % 2 == 0 else reversed(range(len(runs))):
+        for i in common.round_order(len(runs), r):
             runner, state, per_round = runs[i]
             t = time.perf_counter()
             for e in range(epoch, epoch + args.epochs):
@@ -131,9 +131,7 @@ def main(argv=None) -> int:
         for row, (_, _, per_round) in zip(rows, runs, strict=True):
             row["epoch_s_rounds"] = per_round
             row["epoch_s"] = statistics.median(per_round)
-            row["ratio_to_first"] = statistics.median(
-                [a / b for a, b in zip(per_round, first, strict=True)]
-            )
+            row["ratio_to_first"], _ = common.ratio_by_round(per_round, first)
             row["steps_per_s"] = row["steps_per_epoch"] / row["epoch_s"]
             row["seed_steps_per_s"] = row["seeds"] * row["steps_per_s"]
         write(rows)

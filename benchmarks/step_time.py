@@ -78,13 +78,10 @@ def summarise(row: dict, times: list[list[float]], ce_times: list[list[float]] |
     row["rounds"] = len(times)
     row["round_median_s"] = [statistics.median(r) for r in times]
     row["images_per_s"] = 200 / row["median_s"]
-    row["ratio_to_ce_rounds"] = (
-        [statistics.median(r) / statistics.median(c) for r, c in zip(times, ce_times, strict=True)]
+    row["ratio_to_ce"], row["ratio_to_ce_rounds"] = (
+        common.ratio_by_round(row["round_median_s"], [statistics.median(c) for c in ce_times])
         if ce_times
-        else None
-    )
-    row["ratio_to_ce"] = (
-        statistics.median(row["ratio_to_ce_rounds"]) if row["ratio_to_ce_rounds"] else None
+        else (None, None)
     )
 
 
@@ -122,8 +119,7 @@ def main(argv=None) -> int:
         steps.append(one)
     times = [[] for _ in rows]
     for r in range(args.rounds):
-        order = range(len(rows)) if r % 2 == 0 else reversed(range(len(rows)))
-        for i in order:
+        for i in common.round_order(len(rows), r):
             times[i].append(common.time_calls(steps[i], args.repeats))
         ce = next((times[i] for i, row in enumerate(rows) if row["method"] == "ce"), None)
         for row, t in zip(rows, times, strict=True):
