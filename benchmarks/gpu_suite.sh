@@ -51,7 +51,7 @@ item 65 $py -m benchmarks.epoch_time --tag "$tag-joint" --method ebomlc-paper-jo
 item 110 $py -m benchmarks.full_run --tag "$tag" --num-classes 100 --epochs 3
 # Step times of CE and EBOMLC (the EBOMLC / CE ratio; the other methods were measured before).
 item 80 $py -m benchmarks.step_time --tag "$tag" \
-  --methods ce,ebomlc-paper,ebomlc-paper-noisy-G,ebomlc-paper-joint --repeats 30 --warmup 5
+  --methods ce,ebomlc-paper,ebomlc-paper-noisy-G,ebomlc-paper-joint --rounds 3 --repeats 10 --warmup 5
 # Three seeds in one program (target: under 1.5x one seed; compare with the scan row above).
 # Estimates are from the H100 runs of 2026-11-25 (compilation included); at the default budget
 # the seeds (map ~3x, vmap 4.0x one seed then) are what is left out.
