@@ -3,7 +3,7 @@
 import dataclasses
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -96,41 +96,38 @@ def _reduce_grad_jvp(axis_name, primals, tangents):
 def main_apply(
     model: nn.Module, batch_stats: PyTree, axis_name: str | None = None
 ) -> bilevel.MainApply:
-    """Training-mode main model: (logits, features, updated batch_stats) from fixed input stats."""
+    """Training-mode main model: (logits, features, updated batch_stats) from fixed input stats.
 
-    def apply(params: PyTree, images: jax.Array):
+    `segments` (optional) is passed to a model that takes it (see `joint_main_apply`).
+    """
+
+    def apply(params: PyTree, images: jax.Array, segments: tuple[int, ...] | None = None):
         (logits, features), updates = model.apply(
             {"params": reduce_grad(params, axis_name), "batch_stats": batch_stats},
             images,
             train=True,
             mutable=["batch_stats"],
+            **({} if segments is None else {"segments": segments}),
         )
         return logits, features, updates["batch_stats"]
 
     return apply
 
 
-def joint_main_apply(
-    model: nn.Module, batch_stats: PyTree, axis_name: str | None = None
-) -> bilevel.JointApply:
-    """`main_apply` over two batches in one pass: concatenated, BN statistics per batch.
+def joint_main_apply(apply: Callable[..., tuple[jax.Array, jax.Array, Any]]) -> bilevel.JointApply:
+    """`apply` (from `main_apply`) over two batches in one pass: concatenated, BN stats per batch.
 
     The model takes `segments=(n, m)` (CifarResNet does); the BN update is the first batch's,
-    as `main_apply` over it alone would give.
+    as `apply` over it alone would give.
     """
 
-    def apply(params: PyTree, images: jax.Array, clean_images: jax.Array):
+    def joint(params: PyTree, images: jax.Array, clean_images: jax.Array):
         n, m = images.shape[0], clean_images.shape[0]
-        (logits, features), updates = model.apply(
-            {"params": reduce_grad(params, axis_name), "batch_stats": batch_stats},
-            jnp.concatenate([images, clean_images]),
-            train=True,
-            segments=(n, m),
-            mutable=["batch_stats"],
-        )
-        return logits[:n], features[:n], updates["batch_stats"], logits[n:]
+        both = jnp.concatenate([images, clean_images])
+        logits, features, stats = apply(params, both, (n, m))
+        return logits[:n], features[:n], stats, logits[n:]
 
-    return apply
+    return joint
 
 
 def meta_fn(
@@ -249,9 +246,7 @@ class Method:
         passed through the network together with the noisy batch when joint_lower_pass.
         """
         apply = self.apply_fn(state)
-        joint = None
-        if self.joint_lower_pass:
-            joint = joint_main_apply(self.main_model, state["main"]["batch_stats"], self.axis_name)
+        joint = joint_main_apply(apply) if self.joint_lower_pass else None
         upper_batch, lower_clean = split_clean(clean_batch, self.clean_in_lower_loss)
         upper_meta = None if upper_key is None else self.meta_fn(upper_key)
         upper = bilevel.upper_objective(upper_batch, apply, upper_meta, rho, mixture)
