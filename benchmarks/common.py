@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -65,9 +66,15 @@ METHODS = {
 
 
 def make_method(
-    key: str, num_classes: int, steps_per_epoch: int = 490, dtype=None, epochs: int = 120
+    key: str,
+    num_classes: int,
+    steps_per_epoch: int = 490,
+    dtype=None,
+    epochs: int = 120,
+    depth: int = 32,
 ) -> methods.Method:
-    """ResNet-32 + meta model with the paper's optimisers for one of METHODS."""
+    """ResNet-`depth` (16/32/64 channels; 32: the paper's) + meta model with the paper's
+    optimisers for one of METHODS."""
     name, kw = METHODS[key]
     kw = dict(kw)
     if name == "ebomlc" and kw["variant"] == "reference":
@@ -77,7 +84,9 @@ def make_method(
     )
     return methods.create(
         name,
-        main_model=models.resnet32(num_classes, **({"dtype": dtype} if dtype else {})),
+        main_model=models.CifarResNet(
+            num_classes, (depth - 2) // 6, (16, 32, 64), dtype or jnp.float32
+        ),
         meta_model=None if name == "ce" else models.MetaNet(num_classes),
         lr_schedule=schedule,
         **kw,

@@ -24,6 +24,7 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
+from benchmarks import cli  # noqa: E402
 from ebomlc_jax import xla_cpu  # noqa: E402
 
 
@@ -40,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds-mode", default="vmap", choices=("vmap", "map"), help="parallel.seeds")
     ap.add_argument("--devices", default="1", help="device counts to compare, e.g. 1,4")
     ap.add_argument("--fake-cpu-devices", type=int, default=0)
+    cli.add_depth_argument(ap)
     ap.add_argument(
         "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
     )
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
         ap.error(f"--modes: {args.modes!r}; allowed values: scan, loop (comma-separated)")
     if min(args.rounds, args.epochs) < 1:
         ap.error(f"--rounds and --epochs must be at least 1, got {args.rounds}, {args.epochs}")
+    cli.check_depth(ap, args.depth)
     if not args.no_cpu_flags:
         xla_cpu.set_cpu_flags()  # before JAX starts
     if args.fake_cpu_devices:  # must precede jax's start
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
 
     def write(rows):  # after every configuration and round: a run cut short keeps what it has
         common.write(
-            f"epoch_time_{args.tag or jax.default_backend()}_{args.method}",
+            f"epoch_time_{args.tag or jax.default_backend()}_{args.method}"
+            + cli.depth_suffix(args.depth),
             {
                 "benchmark": "epoch_time",
                 "machine": common.machine(),
@@ -88,7 +92,9 @@ def main(argv=None) -> int:
         spec = BatchSpec(d.num_noisy, d.num_clean, 100, 100, True, 4, args.steps)
         for n_dev in map(int, args.devices.split(",")):
             for mode in modes:
-                method = common.make_method(args.method, args.num_classes, spec.steps_per_epoch)
+                method = common.make_method(
+                    args.method, args.num_classes, spec.steps_per_epoch, depth=args.depth
+                )
                 runner = epochs.Runner(
                     method,
                     spec,

@@ -22,6 +22,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from benchmarks import cli  # noqa: E402
 from ebomlc_jax import xla_cpu  # noqa: E402
 
 
@@ -37,11 +38,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--steps", type=int, default=0, help="cap an epoch (smoke tests); 0 = 490")
     ap.add_argument("--test-images", type=int, default=10_000, help="fewer for smoke tests")
+    cli.add_depth_argument(ap)
     return ap
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    cli.check_depth(ap, args.depth)
     xla_cpu.set_cpu_flags()  # before JAX starts
 
     import jax
@@ -65,6 +69,7 @@ def main(argv=None) -> int:
         spec.steps_per_epoch,
         jnp.dtype(args.dtype) if args.dtype else None,
         epochs=args.epochs,
+        depth=args.depth,
     )
     runner = epochs.Runner(method, spec, datas, list(range(args.seeds)), "device", bool(args.scan))
     evaluator = evaluate.Evaluator(method, runner, 500)
@@ -104,7 +109,9 @@ def main(argv=None) -> int:
     print({k: v for k, v in record.items() if k not in ("machine", "args")})
     tag = args.tag or jax.default_backend()
     common.write(
-        f"full_run_{tag}_{args.method}_k{args.num_classes}_s{args.seeds}_e{args.epochs}", record
+        f"full_run_{tag}_{args.method}_k{args.num_classes}_s{args.seeds}_e{args.epochs}"
+        + cli.depth_suffix(args.depth),
+        record,
     )
     return 0
 

@@ -25,7 +25,7 @@ from collections.abc import Callable  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import cli, common  # noqa: E402
 from ebomlc_jax import xla_cpu  # noqa: E402
 
 
@@ -43,9 +43,11 @@ def batches(num_classes: int, seed: int = 0):
     return noisy, clean
 
 
-def prepare(key: str, num_classes: int, warmup: int, dtype=None) -> tuple[dict, Callable[[], None]]:
+def prepare(
+    key: str, num_classes: int, warmup: int, dtype=None, depth: int = 32
+) -> tuple[dict, Callable[[], None]]:
     """Compile one method's step and warm it up: its row so far, and one blocking step."""
-    method = common.make_method(key, num_classes, dtype=dtype)
+    method = common.make_method(key, num_classes, dtype=dtype, depth=depth)
     noisy, clean = batches(num_classes)
     state = method.init(jax.random.key(0), noisy["image"][:1])
     step = jax.jit(method.step, donate_argnums=0)
@@ -94,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--methods", default=",".join(common.METHODS))
     ap.add_argument("--dtype", default=None, help="main-model compute dtype, e.g. bfloat16")
+    cli.add_depth_argument(ap)
     ap.add_argument(
         "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
     )
@@ -109,12 +112,13 @@ def main(argv=None) -> int:
         ap.error(f"--methods: unknown {unknown}; allowed values: {', '.join(common.METHODS)}")
     if args.rounds < 1 or args.repeats < 1:
         ap.error(f"--rounds and --repeats must be at least 1, got {args.rounds}, {args.repeats}")
+    cli.check_depth(ap, args.depth)
     if not args.no_cpu_flags:
         xla_cpu.set_cpu_flags()  # before JAX starts
     dtype = jnp.dtype(args.dtype) if args.dtype else None
     rows, steps = [], []
     for k in keys:
-        row, one = prepare(k, args.num_classes, args.warmup, dtype)
+        row, one = prepare(k, args.num_classes, args.warmup, dtype, args.depth)
         rows.append(row)
         steps.append(one)
     times = [[] for _ in rows]
@@ -126,11 +130,13 @@ def main(argv=None) -> int:
             summarise(row, t, ce)
         # Written after every round, so a run cut short by a timeout keeps what it measured.
         common.write(
-            f"step_time_{args.tag or jax.default_backend()}_k{args.num_classes}",
+            f"step_time_{args.tag or jax.default_backend()}_k{args.num_classes}"
+            + cli.depth_suffix(args.depth),
             {
                 "benchmark": "step_time",
                 "machine": common.machine(),
                 "dtype": args.dtype,
+                "depth": args.depth,
                 "rows": rows,
             },
         )

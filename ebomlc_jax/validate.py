@@ -60,6 +60,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             c.data.clean_batch_size,
             "an even integer when data.clean_in_lower_loss=True (split in halves)",
         )
+    if c.method.joint_lower_pass and not halves:
+        raise allowed(
+            "method.joint_lower_pass",
+            c.method.joint_lower_pass,
+            "False unless data.clean_in_lower_loss=True and method.name != 'ce' (there is no "
+            "clean half in G to join)",
+        )
     _number("data.augment_pad", c.data.augment_pad, 0, inf, integer=True, high_open=True)
     _choice("data.input", c.data.input, epochs.INPUTS)
 

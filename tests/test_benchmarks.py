@@ -1,6 +1,7 @@
-"""The benchmark commands run and write their JSON (CE on ResNet-32, a few steps), and the GPU
-suite's commands are valid: a GPU session runs them as they are, so a broken script would cost
-device time."""
+"""The benchmark commands run and write their JSON (CE on a ResNet-8, `--depth 8`, a few steps;
+the default is the paper's ResNet-32, checked by its parameter count), and the GPU suite's
+commands are valid: a GPU session runs them as they are, so a broken script would cost device
+time."""
 
 import importlib
 import itertools
@@ -12,6 +13,7 @@ import shlex
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from benchmarks import common, epoch_time, full_run, step_time
@@ -30,9 +32,10 @@ def test_step_time_writes_its_table_after_each_round(results, monkeypatch, capsy
     write = common.write
     monkeypatch.setattr(common, "write", lambda n, r: written.append(n) or write(n, r))
     argv = ["--methods", "ce", "--repeats", "2", "--rounds", "2", "--warmup", "0", "--tag", "t"]
-    assert step_time.main(argv) == 0
-    assert written == ["step_time_t_k10"] * 2
-    record = json.loads((results / "step_time_t_k10.json").read_text())
+    assert step_time.main([*argv, "--depth", "8"]) == 0
+    assert written == ["step_time_t_k10_d8"] * 2
+    record = json.loads((results / "step_time_t_k10_d8.json").read_text())
+    assert record["depth"] == 8
     (row,) = record["rows"]
     assert row["method"] == "ce" and row["repeats"] == 2 and row["rounds"] == 2
     assert len(row["round_median_s"]) == 2 and row["ratio_to_ce_rounds"] == [1.0, 1.0]
@@ -60,6 +63,7 @@ def test_step_time_ratios_are_taken_round_by_round():
     [
         (["--methods", "ce,sgd"], "--methods: unknown ['sgd']; allowed values: ce, ebomlc-paper"),
         (["--rounds", "0"], "--rounds and --repeats must be at least 1, got 0, 10"),
+        (["--depth", "30"], "--depth: 30; allowed values: 6n+2 for n >= 1"),
     ],
 )
 def test_step_time_rejects_bad_arguments_before_compiling(argv, message, capsys, monkeypatch):
@@ -74,9 +78,10 @@ def test_epoch_time_compares_scan_and_loop_and_writes_after_each(results, monkey
     write = common.write
     monkeypatch.setattr(common, "write", lambda n, r: written.append(len(r["rows"])) or write(n, r))
     argv = ["--method", "ce", "--num-classes", "10", "--steps", "2", "--rounds", "2", "--tag", "t"]
-    assert epoch_time.main(argv) == 0
+    assert epoch_time.main([*argv, "--depth", "8"]) == 0
     assert written == [1, 2, 2, 2]  # each configuration compiled, then each round
-    record = json.loads((results / "epoch_time_t_ce.json").read_text())
+    record = json.loads((results / "epoch_time_t_ce_d8.json").read_text())
+    assert record["args"]["depth"] == 8
     assert [r["mode"] for r in record["rows"]] == ["scan", "loop"]
     scan, loop = record["rows"]
     for r in record["rows"]:
@@ -94,6 +99,7 @@ def test_epoch_time_compares_scan_and_loop_and_writes_after_each(results, monkey
         (["--modes", "scan,sacn"], "--modes: 'scan,sacn'; allowed values: scan, loop"),
         (["--rounds", "0"], "--rounds and --epochs must be at least 1, got 0, 1"),
         (["--seeds-mode", "pmap"], "argument --seeds-mode: invalid choice: 'pmap'"),
+        (["--depth", "2"], "--depth: 2; allowed values: 6n+2 for n >= 1"),
     ],
 )
 def test_epoch_time_rejects_bad_arguments_before_compiling(argv, message, capsys, monkeypatch):
@@ -105,12 +111,24 @@ def test_epoch_time_rejects_bad_arguments_before_compiling(argv, message, capsys
 
 def test_full_run_trains_evaluates_checkpoints_and_extrapolates(results):
     argv = ["--method", "ce", "--num-classes", "10", "--epochs", "2", "--steps", "2"]
-    assert full_run.main([*argv, "--test-images", "200", "--tag", "t"]) == 0
-    record = json.loads((results / "full_run_t_ce_k10_s1_e2.json").read_text())
+    assert full_run.main([*argv, "--depth", "8", "--test-images", "200", "--tag", "t"]) == 0
+    record = json.loads((results / "full_run_t_ce_k10_s1_e2_d8.json").read_text())
     assert record["steps_per_epoch"] == 2 and record["args"]["checkpoint"] == 1
     first, steady = record["first_epoch_s"], record["steady_epoch_s"]
     assert 0 < steady and record["extrapolated_120_epochs_s"] == pytest.approx(first + 119 * steady)
     assert record["train_and_eval_s"] >= first + steady
+
+
+@pytest.mark.parametrize("module", [step_time, epoch_time, full_run])
+def test_benchmarks_time_the_papers_resnet32_unless_told_otherwise(module):
+    assert module.parser().parse_args([]).depth == 32
+    for depth, blocks in ((32, 5), (8, 1), (110, 18)):
+        method = common.make_method("ebomlc-paper", 10, depth=depth)
+        assert method.main_model.blocks_per_stage == blocks
+        assert tuple(method.main_model.widths) == (16, 32, 64)
+    ce = common.make_method("ce", 10)
+    shapes = jax.eval_shape(ce.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), float))
+    assert sum(x.size for x in jax.tree.leaves(shapes["main"]["params"])) == 464_154  # K = 10
 
 
 def suite(tmp_path, **env) -> str:

@@ -385,6 +385,21 @@ def test_joint_lower_pass_equals_two_passes(name, kw):
     assert_trees_close(meas_joint, meas_sep, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name,kw", [("ebomlc", {"clean_in_lower_loss": False}), ("ce", {})])
+def test_joint_lower_pass_needs_a_clean_half_in_g(name, kw):
+    """Nothing to join: an error, not a flag that silently does nothing."""
+    main, meta = tiny_models()
+    with pytest.raises(ConfigError, match=r"joint_lower_pass=True needs clean_in_lower_loss=True"):
+        methods.create(
+            name,
+            main_model=main,
+            meta_model=meta,
+            lr_schedule=lambda s: 0.1,
+            joint_lower_pass=True,
+            **kw,
+        )
+
+
 def test_joint_lower_pass_needs_a_model_that_takes_segments():
     class Plain(nn.Module):
         @nn.compact

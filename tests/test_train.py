@@ -581,6 +581,14 @@ BAD_INPUT = [
         {"data.clean_batch_size": 31},
         r"data\.clean_batch_size=31 .*an even integer when data\.clean_in_lower_loss=True",
     ),
+    (
+        {"method.joint_lower_pass": True, "data.clean_in_lower_loss": False},
+        r"method\.joint_lower_pass=True .*False unless data\.clean_in_lower_loss=True",
+    ),
+    (
+        {"method.joint_lower_pass": True, "method.name": "ce"},
+        r"method\.joint_lower_pass=True .*and method\.name != 'ce'",
+    ),
     ({"parallel.mode": "shard"}, r"parallel\.mode='shard' .*'jit', 'pmap'"),
     ({"parallel.seeds": "loop"}, r"parallel\.seeds='loop' .*'vmap', 'map'"),
     (

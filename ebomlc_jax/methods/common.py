@@ -176,6 +176,12 @@ class Method:
                     f"{type(model).__name__} has axis name {name!r} but the method has "
                     f"{self.axis_name!r}: build both for the same parallel mode"
                 )
+        if self.joint_lower_pass and not (self.uses_meta and self.clean_in_lower_loss):
+            raise ConfigError(
+                f"method.joint_lower_pass=True needs clean_in_lower_loss=True and a method with "
+                f"a lower loss G ({type(self).__name__} with clean_in_lower_loss="
+                f"{self.clean_in_lower_loss}: there is no clean half in G to join). Allowed: False"
+            )
         if self.joint_lower_pass and not accepts_segments(self.main_model):
             raise ConfigError(
                 f"method.joint_lower_pass=True needs a main model whose __call__ takes `segments` "
