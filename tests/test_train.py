@@ -13,6 +13,7 @@ import sys
 import time
 import types
 
+import conftest
 import jax
 import numpy as np
 import pytest
@@ -41,8 +42,17 @@ pytestmark = pytest.mark.filterwarnings(
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture
 def env():
-    """Environment of the run.py subprocesses: this one's (4 fake CPU devices, the cache)."""
+    """Environment of the run.py subprocesses: this one's (4 fake CPU devices, the cache, quick
+    codegen: the programs of the in-process runs compile once for both)."""
     return dict(os.environ)
+
+
+@pytest.fixture
+def users_env(env):
+    """`env` with XLA:CPU's default codegen (no conftest.QUICK_CODEGEN): run.py as users run it."""
+    flags = env["XLA_FLAGS"].replace(conftest.QUICK_CODEGEN, "").strip()
+    assert "optimization_level" not in flags, flags
+    return {**env, "XLA_FLAGS": flags}
 
 
 def tiny(overrides=None):
@@ -267,7 +277,8 @@ def test_command_line_prints_progress_and_summary(tmp_path, env):
     assert checkpoint_epochs(workdir) == [1, 2, 3]
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run_bitwise(tmp_path, env):
+def test_sigkill_then_rerun_equals_an_uninterrupted_run_bitwise(tmp_path, users_env):
+    env = users_env
     num_epochs = 8  # leaves several epochs after the kill point even on a fast machine
     config = tiny({"num_epochs": num_epochs})
     args = ["--config=tests/tiny_config.py", f"--config.num_epochs={num_epochs}"]
