@@ -5,8 +5,9 @@ import os
 
 # Compiling, not running, is most of this suite's time: its programs are tiny. LLVM at -O0 makes
 # XLA:CPU compile them about a third faster (a tiny EBOMLC step: 6.1 s -> 3.9 s). The programs
-# (HLO) are the same; the generated code rounds some float32 results differently in the last
-# bits, so every comparison here is between runs under the same flags or within a tolerance.
+# are the same (that step's optimised HLO is identical); the generated code rounds some float32
+# results differently in the last bits, so every comparison here is between runs under the same
+# flags or within a tolerance.
 # The SIGKILL-and-resume test's run.py processes go without it: they run exactly what users run.
 QUICK_CODEGEN = "--xla_backend_optimization_level=0"
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {QUICK_CODEGEN}")
