@@ -60,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.method.q_as_optimizer_delta = config_dict.placeholder(bool)  # reference variant, item 5;
     #   None: as released (on for every dataset but cifar10)
     c.method.joint_lower_pass = False  # not in the paper (an implementation choice, same numbers up
-    #   to float rounding): G's noisy batch and clean half in one ResNet pass, BN stats per batch
+    #   to float rounding): G's noisy batch and clean half in one ResNet pass, BN stats per batch;
+    #   needs data.clean_in_lower_loss=True and a method with G (not ce)
     c.method.k = 5  # MLC-D lookahead steps (Algorithm 1)
     c.method.mlcd_delta = 0.5  # MLC-D barrier delta (released code's hard-coded value)
 
