@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -73,8 +72,8 @@ def make_method(
     epochs: int = 120,
     depth: int = 32,
 ) -> methods.Method:
-    """ResNet-`depth` (16/32/64 channels; 32: the paper's) + meta model with the paper's
-    optimisers for one of METHODS."""
+    """ResNet-32 (or another `depth` of it) + meta model with the paper's optimisers for one of
+    METHODS."""
     name, kw = METHODS[key]
     kw = dict(kw)
     if name == "ebomlc" and kw["variant"] == "reference":
@@ -84,8 +83,8 @@ def make_method(
     )
     return methods.create(
         name,
-        main_model=models.CifarResNet(
-            num_classes, (depth - 2) // 6, (16, 32, 64), dtype or jnp.float32
+        main_model=models.resnet32(num_classes, **({"dtype": dtype} if dtype else {})).clone(
+            blocks_per_stage=(depth - 2) // 6
         ),
         meta_model=None if name == "ce" else models.MetaNet(num_classes),
         lr_schedule=schedule,
