@@ -56,7 +56,6 @@ def main(argv=None) -> int:
         ap.error(f"--modes: {args.modes!r}; allowed values: scan, loop (comma-separated)")
     if min(args.rounds, args.epochs) < 1:
         ap.error(f"--rounds and --epochs must be at least 1, got {args.rounds}, {args.epochs}")
-    cli.check_depth(ap, args.depth)
     if not args.no_cpu_flags:
         xla_cpu.set_cpu_flags()  # before JAX starts
     if args.fake_cpu_devices:  # must precede jax's start

@@ -43,9 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    ap = parser()
-    args = ap.parse_args(argv)
-    cli.check_depth(ap, args.depth)
+    args = parser().parse_args(argv)
     xla_cpu.set_cpu_flags()  # before JAX starts
 
     import jax

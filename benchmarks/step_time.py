@@ -112,7 +112,6 @@ def main(argv=None) -> int:
         ap.error(f"--methods: unknown {unknown}; allowed values: {', '.join(common.METHODS)}")
     if args.rounds < 1 or args.repeats < 1:
         ap.error(f"--rounds and --repeats must be at least 1, got {args.rounds}, {args.repeats}")
-    cli.check_depth(ap, args.depth)
     if not args.no_cpu_flags:
         xla_cpu.set_cpu_flags()  # before JAX starts
     dtype = jnp.dtype(args.dtype) if args.dtype else None
