@@ -1,6 +1,6 @@
 """Train and evaluate one configuration.
 
-    python run.py                                             # offline demo (digits, ~2 min)
+    python run.py                                             # offline demo (digits, ~1 minute)
     python run.py --config=configs/cifar100_flip40.py --workdir=workdirs/c100_flip40
     python run.py --config=configs/cifar10_uniform40.py --config.method.name=mlc --config.seed=1
 
@@ -9,16 +9,15 @@ Rerunning the same command in the same workdir resumes from its latest checkpoin
 
 import os
 import pathlib
+import sys
 
-if __name__ == "__main__":  # on CPU: restart once with huge pages for malloc (ebomlc_jax/host.py)
-    from ebomlc_jax import host
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-    host.reexec_with_huge_pages()
+from ebomlc_jax import cpu
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow (via tfds/clu) loads
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+if __name__ == "__main__":  # before the default config loads below (it imports JAX)
+    cpu.prepare_process()
 
 HERE = pathlib.Path(__file__).resolve().parent
 config_flags.DEFINE_config_file(
@@ -32,27 +31,32 @@ FLAGS = flags.FLAGS
 
 def default_workdir(config_path: str, config) -> str:
     """workdirs/<config stem>/<method>[-<variant>]-seed<seed>: one per run by default."""
-    name = config.method.name + (
-        f"-{config.method.variant}" if config.method.name == "ebomlc" else ""
-    )
+    from ebomlc_jax import methods
+
+    name = methods.get(config.method.name).run_name(config)
     stem = pathlib.Path(config_path.split(":")[0]).stem
     return str(HERE / "workdirs" / stem / f"{name}-seed{config.seed}")
 
 
 def main(argv):
     del argv
-    from ebomlc_jax import xla_cpu
-
-    xla_cpu.set_cpu_flags()  # before JAX starts
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 shows it again
         logging.set_verbosity(logging.WARNING)
-    _hide_accelerators_from_tensorflow()
-    from ebomlc_jax import train  # after absl parsed the flags
+    from ebomlc_jax import validate
+    from ebomlc_jax.errors import ConfigError
 
     config = FLAGS.config
+    try:  # before TensorFlow or anything else loads: a bad flag costs seconds, not minutes
+        validate.validate(config)
+    except ConfigError as e:
+        sys.exit(f"ConfigError: {e}")
     workdir = FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(FLAGS["config"]), config
     )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow (tfds, clu) loads
+    _hide_accelerators_from_tensorflow()
+    from ebomlc_jax import train
+
     train.train_and_evaluate(config, workdir)
 
 

@@ -15,17 +15,12 @@ the median over rounds of (its round / the first configuration's round). `--step
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # CPU: restart once with huge pages for malloc, before jax loads
-    from ebomlc_jax import host
+import argparse
+import os
+import sys
 
-    host.reexec_with_huge_pages()
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-
-from benchmarks import cli  # noqa: E402
-from ebomlc_jax import xla_cpu  # noqa: E402
+from benchmarks import cli
+from ebomlc_jax import cpu
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--fake-cpu-devices", type=int, default=0)
     cli.add_depth_argument(ap)
     ap.add_argument(
-        "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
+        "--no-cpu-flags", action="store_true", help="without the XLA:CPU flags (the 'before')"
     )
     return ap
 
@@ -56,8 +51,6 @@ def main(argv=None) -> int:
         ap.error(f"--modes: {args.modes!r}; allowed values: scan, loop (comma-separated)")
     if min(args.rounds, args.epochs) < 1:
         ap.error(f"--rounds and --epochs must be at least 1, got {args.rounds}, {args.epochs}")
-    if not args.no_cpu_flags:
-        xla_cpu.set_cpu_flags()  # before JAX starts
     if args.fake_cpu_devices:  # must precede jax's start
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
@@ -150,4 +143,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    cpu.prepare_process(cpu_flags="--no-cpu-flags" not in sys.argv)  # before JAX starts
     sys.exit(main())

@@ -12,18 +12,13 @@ steady-state epoch time.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # CPU: restart once with huge pages for malloc, before jax loads
-    from ebomlc_jax import host
+import argparse
+import sys
+import tempfile
+import time
 
-    host.reexec_with_huge_pages()
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from benchmarks import cli  # noqa: E402
-from ebomlc_jax import xla_cpu  # noqa: E402
+from benchmarks import cli
+from ebomlc_jax import cpu
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,7 +39,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    xla_cpu.set_cpu_flags()  # before JAX starts
 
     import jax
     import jax.numpy as jnp
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
         depth=args.depth,
     )
     runner = epochs.Runner(method, spec, datas, list(range(args.seeds)), "device", bool(args.scan))
-    evaluator = evaluate.Evaluator(method, runner, 500)
+    evaluator = evaluate.Evaluator(method, runner.data, 500)
     ckpt = checkpoint.Checkpointer(tempfile.mkdtemp(), keep=2) if args.checkpoint else None
     state = runner.init_state()
     t_data = time.perf_counter() - t_start
@@ -115,4 +109,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    cpu.prepare_process(cpu_flags="--no-cpu-flags" not in sys.argv)  # before JAX starts
     sys.exit(main())

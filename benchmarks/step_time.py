@@ -12,21 +12,17 @@ the 200 images of a step.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # CPU: restart once with huge pages for malloc, before jax loads
-    from ebomlc_jax import host
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
 
-    host.reexec_with_huge_pages()
+import jax
+import jax.numpy as jnp
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks import cli, common  # noqa: E402
-from ebomlc_jax import xla_cpu  # noqa: E402
+from benchmarks import cli, common
+from ebomlc_jax import cpu
 
 
 def batches(num_classes: int, seed: int = 0):
@@ -98,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default=None, help="main-model compute dtype, e.g. bfloat16")
     cli.add_depth_argument(ap)
     ap.add_argument(
-        "--no-cpu-flags", action="store_true", help="without xla_cpu.CPU_FLAGS (the 'before')"
+        "--no-cpu-flags", action="store_true", help="without the XLA:CPU flags (the 'before')"
     )
     return ap
 
@@ -112,8 +108,6 @@ def main(argv=None) -> int:
         ap.error(f"--methods: unknown {unknown}; allowed values: {', '.join(common.METHODS)}")
     if args.rounds < 1 or args.repeats < 1:
         ap.error(f"--rounds and --repeats must be at least 1, got {args.rounds}, {args.repeats}")
-    if not args.no_cpu_flags:
-        xla_cpu.set_cpu_flags()  # before JAX starts
     dtype = jnp.dtype(args.dtype) if args.dtype else None
     rows, steps = [], []
     for k in keys:
@@ -153,4 +147,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cpu.prepare_process(cpu_flags="--no-cpu-flags" not in sys.argv)  # before JAX starts
+    sys.exit(main())

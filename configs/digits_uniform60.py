@@ -12,7 +12,6 @@ from configs.base import setting
 def get_config():
     c = setting("digits", "uniform", 0.6)
     c.num_epochs = 12  # DEVIATES from the paper's 120: a short demo
-    c.optim.decay_epochs = (8, 10)  # the paper's 2/3 and 5/6 of training
     c.data.clean_fraction = 0.1  # 14 clean images per class: 2% would leave 3
     c.data.batch_size = 64  # the set has 1,297 noisy images
     c.data.clean_batch_size = 64

@@ -80,8 +80,11 @@ def mixture_nll(
         axis=-1,
     )[:, 0]
     p_meta = jnp.take_along_axis(meta_probs, labels[:, None], axis=-1)[:, 0]
+    # log p with p floored at the dtype's smallest normal number: a meta probability that
+    # underflows to 0 gives a finite value and gradient (1/p would be inf, times 0: NaN).
+    logp_meta = jnp.log(jnp.maximum(p_meta, jnp.finfo(p_meta.dtype).tiny))
     # rho = 1 makes the second term log(0) = -inf and logaddexp returns the first term exactly.
-    log_mix = jnp.logaddexp(jnp.log(rho) + logp_main, jnp.log1p(-rho) + jnp.log(p_meta))
+    log_mix = jnp.logaddexp(jnp.log(rho) + logp_main, jnp.log1p(-rho) + logp_meta)
     return -jnp.mean(log_mix)
 
 

@@ -5,6 +5,7 @@ Inputs: "device" (the whole training set on the device, batches gathered there),
 for device memory). Every path takes the same batch indices from `data.pipeline` and finishes
 batches with the same `data.device.finish_batch`, so they train on identical batches.
 Several seeds run as one program by vmapping the epoch over (state, per-seed data, keys).
+A method's epoch-level hook (`Method.epoch_pass` / `begin_epoch`) runs before the epoch it names.
 """
 
 from __future__ import annotations
@@ -17,34 +18,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebomlc_jax import parallel
+from ebomlc_jax import evaluate, parallel
 from ebomlc_jax.data import device as dd
 from ebomlc_jax.data import pipeline
 from ebomlc_jax.data.pipeline import NoisyLabelData
-from ebomlc_jax.errors import ConfigError, allowed
 from ebomlc_jax.methods import Method
 
-INPUTS = ("device", "host", "tf_data")
 PyTree = Any
 Measurements = dict[str, np.ndarray]  # name -> [steps] (or [seeds, steps])
 
 
-def check_parallel_seeds(num_seeds: int, input: str, mode: str) -> None:
-    """Vmapped seeds need the on-device input and jit mode: ConfigError otherwise."""
-    if num_seeds > 1 and (input != "device" or mode != "jit"):
-        raise ConfigError(
-            f"num_parallel_seeds={num_seeds} needs data.input='device' and "
-            f"parallel.mode='jit' (got {input!r}, {mode!r})"
-        )
-
-
-def _stack(trees: list[PyTree]) -> PyTree:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
 @dataclasses.dataclass
 class Runner:
-    """Owns the device-resident data and the compiled epoch of one run (one or several seeds)."""
+    """Owns the device-resident data and the compiled epoch of one run (one or several seeds).
+
+    The config-level rules (inputs, modes, seeds and devices) are checked by `validate`.
+    """
 
     method: Method
     spec: dd.BatchSpec
@@ -55,44 +44,23 @@ class Runner:
     mode: str = "jit"
     num_devices: int = 1
     seeds_mode: str = "vmap"
+    pass_batch_size: int = 500  # batches of a method's epoch pass (Method.epoch_pass)
 
     def __post_init__(self):
-        for field, value, choices in (
-            ("data.input", self.input, INPUTS),
-            ("parallel.mode", self.mode, parallel.MODES),
-            ("parallel.seeds", self.seeds_mode, parallel.SEED_MODES),
-        ):
-            if value not in choices:
-                raise allowed(field, value, choices)
-        self.vmapped = len(self.seeds) > 1
-        check_parallel_seeds(len(self.seeds), self.input, self.mode)
-        if self.vmapped and self.num_devices > 1:
-            raise ConfigError(
-                f"num_parallel_seeds={len(self.seeds)} runs on one device; allowed "
-                f"parallel.num_devices: 1 (got {self.num_devices})"
-            )
         self.mesh = parallel.make_mesh(self.num_devices) if self.mode == "jit" else None
         put = (
             (lambda x: jax.device_put(x, parallel.replicated(self.mesh)))
             if self.mesh is not None
             else jax.device_put
         )
-        host_shared, _ = dd.split_arrays(self.datas[0])
-        per_seed = [dd.split_arrays(d)[1] for d in self.datas]
-        keys = [dd.data_keys(s) for s in self.seeds]
-        one = lambda xs: _stack(xs) if self.vmapped else xs[0]  # noqa: E731
-        self.shared = put(host_shared)
-        self.per_seed = put(one(per_seed))
-        self.keys = put(one(keys))
-        test = self.datas[0]
-        self.test = put({"images": test.test_images, "labels": test.test_labels})
+        self.data = dd.place_data(self.datas, self.seeds, put, self.seeds_mode)
         self._streams: tuple[Iterator, Iterator] | None = None
         self._next_step: int | None = None
         self._build()
 
     # ------------------------------------------------------------------ compiled pieces
     def _build(self) -> None:
-        method, spec, mesh = self.method, self.spec, self.mesh
+        method, spec, mesh, over_seeds = self.method, self.spec, self.mesh, self.data.over_seeds
 
         def scan_epoch(state, shared, per_seed, keys, epoch):
             rows = dd.noisy_epoch_rows(keys, epoch, spec)
@@ -105,14 +73,12 @@ class Runner:
 
             return jax.lax.scan(body, state, (steps, rows))
 
-        self._scan_epoch = jax.jit(
-            self.over_seeds(scan_epoch, (0, None, 0, 0, None)), donate_argnums=0
-        )
+        self._scan_epoch = jax.jit(over_seeds(scan_epoch, (0, None, 0, 0, None)), donate_argnums=0)
         self._epoch_rows = jax.jit(
-            self.over_seeds(lambda keys, epoch: dd.noisy_epoch_rows(keys, epoch, spec), (0, None))
+            over_seeds(lambda keys, epoch: dd.noisy_epoch_rows(keys, epoch, spec), (0, None))
         )
         self._device_batches = jax.jit(
-            self.over_seeds(
+            over_seeds(
                 lambda shared, per_seed, keys, step, rows: dd.train_batches(
                     shared, per_seed, keys, step, rows, spec
                 ),
@@ -131,23 +97,37 @@ class Runner:
         if self.mode == "pmap":
             self._step = jax.pmap(method.step, axis_name=parallel.DATA_AXIS, donate_argnums=0)
         else:
-            self._step = jax.jit(self.over_seeds(method.step, (0, 0, 0)), donate_argnums=0)
+            self._step = jax.jit(over_seeds(method.step, (0, 0, 0)), donate_argnums=0)
+        self._hooks: dict[str, Callable] = {}
 
-    def over_seeds(self, f: Callable, in_axes: tuple[int | None, ...]) -> Callable:
-        """`f` over the seed axis (`parallel.seeds`: vmap or map) when seeds run together."""
-        return parallel.over_seeds(f, in_axes, self.seeds_mode) if self.vmapped else f
+    def _hook(self, which: str) -> Callable:
+        """The compiled epoch pass over `which` followed by the method's begin_epoch."""
+        if which not in self._hooks:
+            per_example = evaluate.per_example_pass(
+                self.method, self.data, which, self.pass_batch_size
+            )
+
+            def hook(state, shared, per_seed, epoch):
+                outputs = per_example(state, shared, per_seed)
+                return self.method.begin_epoch(state, epoch, outputs)
+
+            self._hooks[which] = jax.jit(
+                self.data.over_seeds(hook, (0, None, 0, None)), donate_argnums=0
+            )
+        return self._hooks[which]
 
     # ------------------------------------------------------------------ state
     def init_state(self) -> PyTree:
         """Fresh state (stacked over seeds when vmapped), placed for this parallel mode."""
+        shared = self.data.shared
         sample = dd.finish_batch(
-            {"image": self.shared["images"][:1]},
-            self.shared,
+            {"image": shared["images"][:1]},
+            shared,
             jax.random.key(0),
             dataclasses.replace(self.spec, augment=False),
         )["image"]
-        init = self.over_seeds(self.method.init, (0, None))
-        state = jax.jit(init)(self.keys["init"], sample)
+        init = self.data.over_seeds(self.method.init, (0, None))
+        state = jax.jit(init)(self.data.keys["init"], sample)
         return self.place(state)
 
     def place(self, state: PyTree) -> PyTree:
@@ -159,8 +139,12 @@ class Runner:
     # ------------------------------------------------------------------ epochs
     def run_epoch(self, state: PyTree, epoch: int) -> tuple[PyTree, Measurements]:
         """Train one epoch (`epoch` counts from 0); returns the state and per-step measurements."""
+        which = self.method.epoch_pass(epoch)
+        if which is not None:
+            state = self._hook(which)(state, self.data.shared, self.data.per_seed, epoch)
         if self.input == "device" and self.scan and self.mode == "jit":
-            state, meas = self._scan_epoch(state, self.shared, self.per_seed, self.keys, epoch)
+            d = self.data
+            state, meas = self._scan_epoch(state, d.shared, d.per_seed, d.keys, epoch)
             return state, jax.device_get(meas)
         return self._loop_epoch(state, epoch)
 
@@ -184,12 +168,13 @@ class Runner:
 
     def _batch_source(self, epoch: int, first: int) -> Callable[[int], tuple[PyTree, PyTree]]:
         """step -> (noisy, clean) float batches on the device, for this input kind."""
+        d = self.data
         if self.input == "device":
-            rows = self._epoch_rows(self.keys, epoch)
+            rows = self._epoch_rows(d.keys, epoch)
 
             def from_device(step):
                 row = rows[..., step - first, :]
-                return self._device_batches(self.shared, self.per_seed, self.keys, step, row)
+                return self._device_batches(d.shared, d.per_seed, d.keys, step, row)
 
             return from_device
         if self._next_step != first:  # (re)start the host streams at this position
@@ -199,12 +184,12 @@ class Runner:
         def from_host(step):
             self._next_step = step + 1
             raw_noisy, raw_clean = next(noisy_it), next(clean_it)
-            return self._finish(raw_noisy, raw_clean, self.shared, self.keys, step)
+            return self._finish(raw_noisy, raw_clean, d.shared, d.keys, step)
 
         return from_host
 
     def _open_streams(self, start: int) -> tuple[Iterator, Iterator]:
-        data, keys, spec = self.datas[0], self.keys, self.spec
+        data, keys, spec = self.datas[0], self.data.keys, self.spec
         if self.input == "host":
             return (
                 pipeline.noisy_stream(data, keys["noisy"], spec.batch_size, start),
@@ -221,10 +206,9 @@ class Runner:
 
     def _place_batches(self, noisy: PyTree, clean: PyTree) -> tuple[PyTree, PyTree]:
         if self.mode == "pmap":
-            halves = self.method.clean_in_lower_loss and self.method.uses_meta
             return (
                 parallel.shard_for_pmap(noisy, self.num_devices),
-                parallel.clean_for_pmap(clean, self.num_devices, halves),
+                parallel.clean_for_pmap(clean, self.num_devices, self.method.clean_batch_parts),
             )
         if self.mesh is not None and self.mesh.size > 1:
             return jax.device_put((noisy, clean), parallel.batch_sharded(self.mesh))

@@ -57,19 +57,6 @@ def initialize(distributed: bool) -> None:
         jax.distributed.initialize()
 
 
-def device_count(requested: int | None) -> int:
-    """Number of devices to use: all of them for None, else `requested` (checked)."""
-    available = jax.device_count()
-    if requested is None:
-        return available
-    if not 1 <= requested <= available:
-        raise ConfigError(
-            f"parallel.num_devices={requested!r} is not allowed; allowed values: None or an "
-            f"integer in [1, {available}] (devices available: {available})"
-        )
-    return requested
-
-
 def make_mesh(num_devices: int) -> Mesh:
     """A 1-axis mesh named "data" over the first `num_devices` devices."""
     return Mesh(np.asarray(jax.devices()[:num_devices]), (DATA_AXIS,))
@@ -92,22 +79,44 @@ def constrain_batch(tree: PyTree, mesh: Mesh | None) -> PyTree:
     return jax.lax.with_sharding_constraint(tree, batch_sharded(mesh))
 
 
-def check_divisible(batch_size: int, clean_batch_size: int, halves: bool, num_devices: int):
-    """Batches must split evenly over the devices (pmap also splits the clean halves)."""
-    for field, size in (
-        ("data.batch_size", batch_size),
-        ("data.clean_batch_size", clean_batch_size),
-    ):
-        if size % num_devices:
+def choose_device_count(
+    requested: int, available: int, batch_size: int, clean_batch_size: int, clean_parts: int
+) -> tuple[int, str | None]:
+    """(devices to use, a warning or None). The batches must split evenly over the devices (and so
+    must each of the clean batch's `clean_parts` parts, which the methods take apart).
+
+    `requested` 0 means "all": then the largest count up to `available` that divides the batches,
+    with a one-line warning when that is fewer than all (so the paper's batches of 100 with clean
+    halves of 50 run on 2 of 4 or 8 devices, with the numbers of one device). A count asked for
+    explicitly must be available and divide them: ConfigError otherwise.
+    """
+
+    def divides(n: int) -> bool:
+        sizes = (batch_size, clean_batch_size, clean_batch_size // clean_parts)
+        return all(size % n == 0 for size in sizes)
+
+    need = f"data.batch_size={batch_size}, data.clean_batch_size={clean_batch_size}" + (
+        f" and its {clean_parts} parts of {clean_batch_size // clean_parts}"
+        if clean_parts > 1
+        else ""
+    )
+    if requested:
+        if requested > available or not divides(requested):
+            fits = [n for n in range(1, available + 1) if divides(n)]
             raise ConfigError(
-                f"{field}={size} is not allowed with {num_devices} devices; allowed values: "
-                f"multiples of {num_devices}"
+                f"parallel.num_devices={requested} is not allowed; allowed values: 0 (all that "
+                f"fit) or one of {fits} ({available} devices available; {need} must divide "
+                "over them)"
             )
-    if halves and (clean_batch_size // 2) % num_devices:
-        raise ConfigError(
-            f"data.clean_batch_size={clean_batch_size} is not allowed with {num_devices} devices "
-            f"and data.clean_in_lower_loss=True; allowed values: multiples of {2 * num_devices}"
-        )
+        return requested, None
+    count = max(n for n in range(1, available + 1) if divides(n))
+    if count == available:
+        return count, None
+    return count, (
+        f"using {count} of {available} devices: {need} split evenly over {count} "
+        f"(pass --config.parallel.num_devices={count} to say so, or batch sizes that divide "
+        f"by {available} to use them all)"
+    )
 
 
 # ----------------------------------------------------------------------------- pmap helpers
@@ -123,19 +132,17 @@ def shard_for_pmap(batch: PyTree, num_devices: int) -> PyTree:
     )
 
 
-def clean_for_pmap(clean: PyTree, num_devices: int, halves: bool) -> PyTree:
-    """Shard a clean batch so that each device's local halves are slices of the global halves.
+def clean_for_pmap(clean: PyTree, num_devices: int, parts: int) -> PyTree:
+    """Shard a clean batch so that each device's local parts are slices of the global parts.
 
-    The methods split the clean batch they see into halves (upper loss / lower loss); under
-    pmap each device must hold its part of the global first half followed by its part of the
-    global second half, or the two losses would see different examples than on one device.
+    A method may split the clean batch it sees into equal parts (e.g. halves for the upper and
+    the lower loss); under pmap each device must hold its share of the global first part, then
+    of the second, ..., or the losses would see other examples than on one device.
     """
-    if not halves:
-        return shard_for_pmap(clean, num_devices)
 
     def arrange(x):
-        first, second = (h.reshape(num_devices, -1, *h.shape[1:]) for h in jnp.split(x, 2))
-        return jnp.concatenate([first, second], axis=1)
+        shares = (h.reshape(num_devices, -1, *h.shape[1:]) for h in jnp.split(x, parts))
+        return jnp.concatenate(list(shares), axis=1)
 
     return pmap_put(jax.tree.map(arrange, clean), num_devices)
 

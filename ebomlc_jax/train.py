@@ -13,31 +13,60 @@ from __future__ import annotations
 import json
 import pathlib
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from ebomlc_jax import checkpoint, epochs, evaluate, logs, methods, models, parallel, validate
+from ebomlc_jax import checkpoint, cpu, epochs, evaluate, logs, methods, models, parallel, validate
 from ebomlc_jax.data import build_data
 from ebomlc_jax.data.device import BatchSpec
-from ebomlc_jax.data.pipeline import check_batch_size
+from ebomlc_jax.data.pipeline import NoisyLabelData
 from ebomlc_jax.errors import ConfigError
+
+# Fields that say how to set a run up, not what it computes: changing them never blocks a resume.
+SETUP_ONLY = (
+    "data.download",
+    "data.data_dir",
+    "parallel.num_devices",
+    "parallel.distributed",
+    "checkpoint.asynchronous",
+    "log_every_steps",
+    "figures",
+    "resume_with_changed_config",
+)
 
 
 class DivergenceError(RuntimeError):
     """A loss became NaN or Inf; the run stopped without saving the bad state."""
 
 
-def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """Piecewise-constant main learning rate: x decay_factor at each of `optim.decay_epochs`."""
-    return optax.piecewise_constant_schedule(
-        config.optim.lr,
-        {e * steps_per_epoch: config.optim.decay_factor for e in config.optim.decay_epochs},
+def load_data(config: ml_collections.ConfigDict, seed: int) -> NoisyLabelData:
+    """The run's dataset, clean/noisy split and noisy labels for one seed."""
+    return build_data(
+        config.data.dataset,
+        seed=seed,
+        noise_kind=config.noise.kind,
+        noise_rate=config.noise.rate,
+        clean_fraction=config.data.clean_fraction,
+        includes_true_class=config.noise.uniform_includes_true_class,
+        data_dir=config.data.data_dir or None,
+        download=config.data.download,
+    )
+
+
+def batch_spec(config: ml_collections.ConfigDict, data: NoisyLabelData) -> BatchSpec:
+    """Batch sizes, augmentation and steps per epoch of the run on this data."""
+    c = config.data
+    return BatchSpec(
+        data.num_noisy,
+        data.num_clean,
+        c.batch_size,
+        c.clean_batch_size,
+        c.augment,
+        c.augment_pad,
+        config.steps_per_epoch,
     )
 
 
@@ -46,69 +75,47 @@ def build_method(
     num_classes: int,
     steps_per_epoch: int,
     axis_name: str | None = None,
+    num_noisy: int = 0,
 ) -> methods.Method:
-    """The configured method with its models, optimisers and hyperparameters."""
-    m, mc = config.method, config.model
-    main = models.CifarResNet(
-        num_classes,
-        mc.blocks_per_stage,
-        tuple(mc.widths),
-        jnp.dtype(mc.dtype),
-        bn_axis_name=axis_name,
-    )
-    meta = models.MetaNet(
-        num_classes,
-        mc.meta_embed_dim,
-        mc.meta_hidden_dim,
-        mc.meta_dropout,
-        mc.meta_batch_norm,
-        axis_name=axis_name,
-    )
-    common = dict(
+    """The configured method around the configured ResNet (with the CPU backend's fields)."""
+    main = models.from_config(config.model, num_classes, axis_name, **cpu.resnet_fields())
+    return methods.from_config(
+        config,
         main_model=main,
-        meta_model=None if m.name == "ce" else meta,
-        lr_schedule=lr_schedule(config, steps_per_epoch),
-        momentum=config.optim.momentum,
-        weight_decay=config.optim.weight_decay,
-        meta_lr=config.optim.meta_lr,
-        clean_in_lower_loss=config.data.clean_in_lower_loss,
-        joint_lower_pass=m.joint_lower_pass,
+        num_classes=num_classes,
+        steps_per_epoch=steps_per_epoch,
         axis_name=axis_name,
+        num_noisy=num_noisy,
     )
-    extra: dict[str, Any] = {}
-    if m.name == "ebomlc":
-        q_delta = m.q_as_optimizer_delta
-        extra = dict(
-            variant=m.variant,
-            rho=m.rho,
-            xi=m.xi,
-            delta=m.delta,
-            keep_inner_step=m.keep_inner_step,
-            # The released code takes this branch whenever dataset != "cifar10".
-            q_as_optimizer_delta=config.data.dataset != "cifar10" if q_delta is None else q_delta,
-        )
-    elif m.name == "mlc_d":
-        extra = dict(k=m.k, delta=m.mlcd_delta)
-    return methods.create(m.name, **common, **extra)
 
 
-def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """Write config.json on the first run; refuse to resume under a different config."""
+def comparable_config(config: ml_collections.ConfigDict) -> dict:
+    """The config as JSON, without the setup-only fields and the blocks of other methods."""
+    out = json.loads(config.to_json_best_effort())
+    out["method"] = {k: v for k, v in out["method"].items() if k in ("name", config.method.name)}
+    for dotted in SETUP_ONLY:
+        *parents, last = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    return out
+
+
+def check_resumable(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Refuse to resume a workdir whose config.json computes something else (naming the fields)."""
     path = workdir / "config.json"
-    current = json.loads(config.to_json_best_effort())
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved != current and not config.resume_with_changed_config:
-            diffs = _diff(saved, current)
-            raise ConfigError(
-                f"workdir {workdir} holds a run with a different config; differing fields:\n  "
-                + "\n  ".join(diffs)
-                + "\nUse another --workdir, or pass --config.resume_with_changed_config=True "
-                "to resume it anyway."
-            )
-        if saved == current:
-            return
-    path.write_text(json.dumps(current, indent=2, sort_keys=True))
+    if not path.exists() or config.resume_with_changed_config:
+        return
+    saved = ml_collections.ConfigDict(json.loads(path.read_text()))
+    diffs = _diff(comparable_config(saved), comparable_config(config))
+    if diffs:
+        raise ConfigError(
+            f"workdir {workdir} holds a run with a different config; differing fields:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another --workdir, set these fields back, or pass "
+            "--config.resume_with_changed_config=True to resume it anyway."
+        )
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -161,44 +168,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     validate.validate(config)
     parallel.initialize(config.parallel.distributed)
     workdir_path = pathlib.Path(workdir).absolute()
-    workdir_path.mkdir(parents=True, exist_ok=True)
-    _check_workdir_config(workdir_path, config)
+    check_resumable(workdir_path, config)
 
     seeds = [config.seed + i for i in range(config.num_parallel_seeds)]
-    datas = [
-        build_data(
-            config.data.dataset,
-            seed=s,
-            noise_kind=config.noise.kind,
-            noise_rate=config.noise.rate,
-            clean_fraction=config.data.clean_fraction,
-            includes_true_class=config.noise.uniform_includes_true_class,
-            data_dir=config.data.data_dir or None,
-            download=config.data.download,
-        )
-        for s in seeds
-    ]
+    datas = [load_data(config, s) for s in seeds]
     d0 = datas[0]
-    check_batch_size(config.data.batch_size, d0.num_noisy, "data.batch_size")
-    check_batch_size(config.data.clean_batch_size, d0.num_clean, "data.clean_batch_size")
-    num_devices = parallel.device_count(config.parallel.num_devices or None)
-    halves = config.data.clean_in_lower_loss and config.method.name != "ce"
-    if num_devices > 1:
-        parallel.check_divisible(
-            config.data.batch_size, config.data.clean_batch_size, halves, num_devices
-        )
-    spec = BatchSpec(
-        d0.num_noisy,
-        d0.num_clean,
+    validate.check_data(config, d0)
+    method_class = methods.get(config.method.name)
+    num_devices, warning = parallel.choose_device_count(
+        config.parallel.num_devices,
+        1 if len(seeds) > 1 else jax.device_count(),
         config.data.batch_size,
         config.data.clean_batch_size,
-        config.data.augment,
-        config.data.augment_pad,
-        config.steps_per_epoch,
+        method_class.clean_parts(method_class.hyperparameters(config)),
     )
+    if warning:
+        logging.warning("%s", warning)
+        print(f"warning: {warning}", flush=True)
+    spec = batch_spec(config, d0)
     spe = spec.steps_per_epoch
     axis = parallel.DATA_AXIS if config.parallel.mode == "pmap" else None
-    method = build_method(config, d0.num_classes, spe, axis)
+    method = build_method(config, d0.num_classes, spe, axis, d0.num_noisy)
     runner = epochs.Runner(
         method,
         spec,
@@ -209,9 +199,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         mode=config.parallel.mode,
         num_devices=num_devices,
         seeds_mode=config.parallel.seeds,
+        pass_batch_size=config.eval.batch_size,
     )
     evaluator = evaluate.Evaluator(
-        method, runner, config.eval.batch_size, config.eval.meta_correction
+        method, runner.data, config.eval.batch_size, config.eval.meta_correction
     )
     ckpt = checkpoint.Checkpointer(
         workdir_path, config.checkpoint.keep, config.checkpoint.asynchronous
@@ -226,6 +217,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         logging.info("resumed from %s at epoch %d", ckpt.directory, start_epoch)
         print(f"resumed from {ckpt.directory} after epoch {start_epoch}", flush=True)
 
+    workdir_path.mkdir(parents=True, exist_ok=True)  # the run really starts here
+    (workdir_path / "config.json").write_text(
+        json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
+    )
     many = len(seeds) > 1
     run_dirs = [workdir_path / f"seed_{s}" if many else workdir_path for s in seeds]
     writers = [logs.make_writer(d) for d in run_dirs]
@@ -294,7 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         ev = {k: v[i] if many else v for k, v in last_eval.items()}
         summary = {
             "method": config.method.name,
-            "variant": config.method.variant if config.method.name == "ebomlc" else None,
+            "variant": method.variant,
             "dataset": config.data.dataset,
             "noise_kind": config.noise.kind,
             "noise_rate": config.noise.rate,

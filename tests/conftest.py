@@ -18,9 +18,9 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.experimental.compilation_cache.compilation_cache as compilation_cache  # noqa: E402
 import pytest  # noqa: E402
 
-from ebomlc_jax import xla_cpu  # noqa: E402
+from ebomlc_jax import cpu  # noqa: E402
 
-xla_cpu.set_cpu_flags()  # as run.py does (tests/test_xla_cpu.py checks that they took effect)
+cpu.set_cpu_flags()  # as the entry points do (tests/test_cpu_xla.py checks that they took effect)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -77,11 +77,13 @@ def test_base_holds_the_paper_recipe():
     assert c.num_epochs == 120
     assert c.data.batch_size == 100 and c.data.clean_batch_size == 100
     assert c.optim.lr == 0.1 and c.optim.momentum == 0.9 and c.optim.weight_decay == 5e-4
-    assert tuple(c.optim.decay_epochs) == (80, 100) and c.optim.decay_factor == 0.1
+    assert [round(f * c.num_epochs) for f in c.optim.decay_at] == [80, 100]
+    assert c.optim.decay_factor == 0.1
     assert c.optim.meta_lr == 3e-4
-    assert (c.method.rho, c.method.xi, c.method.delta) == (0.2, 0.5, 0.25)
+    e = c.method.ebomlc
+    assert (e.rho, e.xi, e.delta, e.k) == (0.2, 0.5, 0.25, 1)
+    assert (c.method.mlc_d.k, c.method.mlc_d.delta) == (5, 0.5)
     assert c.data.clean_fraction == 0.02
-    assert len(c.seeds) == 3
     assert c.model.blocks_per_stage == 5 and tuple(c.model.widths) == (16, 32, 64)  # ResNet-32
     assert c.method.name == "ebomlc"
 
@@ -91,7 +93,6 @@ def test_cifar_setting_runs_one_step_on_mocked_tfds(stem, tmp_path, monkeypatch)
     config = load(stem).get_config()
     num_classes = 10 if config.data.dataset == "cifar10" else 100
     config.num_epochs, config.steps_per_epoch, config.figures = 1, 1, False
-    config.optim.decay_epochs = ()  # (80, 100) is outside a 1-epoch run
     # The session has 4 fake CPU devices; the clean batch's halves of 50 do not split over 4.
     config.parallel.num_devices = 1
     if stem != RESNET32:  # the same program with a smaller model

@@ -103,7 +103,7 @@ def test_host_stream_matches_index_functions(digits, which, bs):
         idx = D.stream_batch(key, step, n, bs)
         _batches_equal(batch, D.gather_batch(digits, which, idx))
     assert set(batch) == (
-        {"image", "label", "true_label"} if which == "noisy" else {"image", "label"}
+        {"image", "label", "true_label", "index"} if which == "noisy" else {"image", "label"}
     )
 
 
@@ -152,17 +152,6 @@ def test_on_device_scan_epoch_matches_host_stream(digits):
     for i, batch in enumerate(host):
         np.testing.assert_array_equal(device_images[i], batch["image"])
         np.testing.assert_array_equal(device_labels[i], batch["label"])
-
-
-def test_split_clean_batch():
-    batch = {"image": np.arange(100 * 2).reshape(100, 2), "label": np.arange(100)}
-    upper, lower = D.split_clean_batch(batch)
-    np.testing.assert_array_equal(upper["label"], np.arange(50))
-    np.testing.assert_array_equal(lower["label"], np.arange(50, 100))
-    upper, lower = D.split_clean_batch(jax.tree.map(jnp.asarray, batch))
-    assert isinstance(lower["image"], jax.Array) and lower["image"].shape == (50, 2)
-    with pytest.raises(ConfigError, match=r"data\.clean_batch_size=7.*allowed values: an even"):
-        D.split_clean_batch({"image": np.zeros((7, 2)), "label": np.zeros(7)})
 
 
 def test_gather_batch_uses_set_positions(digits):

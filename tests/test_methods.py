@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from ebomlc_jax import methods, models
 from ebomlc_jax.errors import ConfigError
+from ebomlc_jax.methods import common
 
 K = 4
 MU, WD = 0.9, 5e-4
@@ -110,7 +111,7 @@ def test_registry_rejects_unknown_names():
     with pytest.raises(ConfigError, match="method.name='nope'.*ebomlc"):
         methods.create("nope")
     main, meta = tiny_models()
-    with pytest.raises(ConfigError, match="method.variant='paperr'.*reference"):
+    with pytest.raises(ConfigError, match="method.ebomlc.variant='paperr'.*reference"):
         methods.create(
             "ebomlc", main_model=main, meta_model=meta, lr_schedule=lambda s: 0.1, variant="paperr"
         )
@@ -153,8 +154,12 @@ def test_jitted_steps_run_and_measure(name, kw):
 
 
 # ---------------------------------------------------------------- steps by hand
-def hand_setup(method, state, noisy, clean, num_keys):
-    """What every step starts from: lr, dropout keys, flat w / alpha and closures over them."""
+def hand_setup(method, state, noisy, clean, num_keys, clean_in_g=True):
+    """What every step starts from: lr, dropout keys, flat w / alpha and closures over them.
+
+    With `clean_in_g` (the default) F sees the first half of the clean batch and G the noisy
+    batch plus the second half; without it, F the whole clean batch and G the noisy one (Eq. 3).
+    """
     _, key = jax.random.split(state["rng"])
     keys = [jax.random.fold_in(key, i) for i in range(num_keys)]
     lr = method.lr_schedule(state["step"])
@@ -176,14 +181,16 @@ def hand_setup(method, state, noisy, clean, num_keys):
     def ce(logits, y):
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
 
-    half = clean["label"].shape[0] // 2
+    half = clean["label"].shape[0] // 2 if clean_in_g else clean["label"].shape[0]
     up = {k: v[:half] for k, v in clean.items()}
     low = {k: v[half:] for k, v in clean.items()}
 
-    def G(wv, av, k):  # noisy soft CE mixed with the clean half, 8:4
+    def G(wv, av, k):  # noisy soft CE mixed with the clean half, 8:4 (or noisy only)
         logits, h = fwd(wv, noisy["image"])
         t = meta(av, h, noisy["label"], k)
         soft = -jnp.mean(jnp.sum(t * jax.nn.log_softmax(logits), -1))
+        if not clean_in_g:
+            return soft
         n, m = len(noisy["label"]), len(low["label"])
         return (n * soft + m * ce(fwd(wv, low["image"])[0], low["label"])) / (n + m)
 
@@ -242,13 +249,18 @@ def test_reference_step_by_hand(branch):
     np.testing.assert_allclose(float(meas["xi_beta"]), float(lam), rtol=1e-5)
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_paper_step_by_hand(keep):
-    """Algorithm 2 with the mixture of probabilities; one dropout mask for both G calls."""
-    method, step, state, _ = run_steps("ebomlc", 2, keep_inner_step=keep)
+@pytest.mark.parametrize(
+    "keep,clean_in_g", [(True, True), (False, True), (True, False)], ids=["w1", "w", "eq3"]
+)
+def test_paper_step_by_hand(keep, clean_in_g):
+    """Algorithm 2 with the mixture of probabilities; one dropout mask for both G calls. "eq3":
+    clean_in_lower_loss=False, the literal Eq. 3 (G on the noisy batch only, F on all of D's)."""
+    method, step, state, _ = run_steps(
+        "ebomlc", 2, keep_inner_step=keep, clean_in_lower_loss=clean_in_g
+    )
     noisy, clean = batches(8)
     lr, keys, w, a, unravel_w, unravel_a, fwd, meta, ce, up, G, buf = hand_setup(
-        method, state, noisy, clean, 2
+        method, state, noisy, clean, 2, clean_in_g
     )
 
     def F(wv, av):
@@ -270,6 +282,8 @@ def test_paper_step_by_hand(keep):
     check_main(new_state, new_w, new_buf, unravel_w)
     check_meta(method, state, new_state, d_a, unravel_a)
     np.testing.assert_allclose(float(meas["beta"]), float(beta), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(meas["G"]), float(G(w, a, keys[1])), rtol=1e-5)
+    np.testing.assert_allclose(float(meas["F"]), float(F(w, a)), rtol=1e-5)
 
 
 def test_keep_inner_step_differs_exactly_by_the_inner_step():
@@ -385,18 +399,22 @@ def test_joint_lower_pass_equals_two_passes(name, kw):
     assert_trees_close(meas_joint, meas_sep, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name,kw", [("ebomlc", {"clean_in_lower_loss": False}), ("ce", {})])
-def test_joint_lower_pass_needs_a_clean_half_in_g(name, kw):
+@pytest.mark.parametrize("name", ["ebomlc", "mlc", "mlc_d"])
+def test_joint_lower_pass_needs_a_clean_half_in_g(name):
     """Nothing to join: an error, not a flag that silently does nothing."""
     main, meta = tiny_models()
-    with pytest.raises(ConfigError, match=r"joint_lower_pass=True needs clean_in_lower_loss=True"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"method\.{name}\.joint_lower_pass=True is not allowed with "
+        rf"method\.{name}\.clean_in_lower_loss=False",
+    ):
         methods.create(
             name,
             main_model=main,
             meta_model=meta,
             lr_schedule=lambda s: 0.1,
             joint_lower_pass=True,
-            **kw,
+            clean_in_lower_loss=False,
         )
 
 
@@ -406,7 +424,7 @@ def test_joint_lower_pass_needs_a_model_that_takes_segments():
         def __call__(self, x, train=True):
             return nn.Dense(K)(x.reshape(x.shape[0], -1)), x.reshape(x.shape[0], -1)
 
-    with pytest.raises(ConfigError, match="method.joint_lower_pass=True.*Plain.*Allowed: False"):
+    with pytest.raises(ConfigError, match="joint_lower_pass=True.*Plain.*Allowed: False"):
         methods.create(
             "ebomlc",
             main_model=Plain(),
@@ -414,3 +432,38 @@ def test_joint_lower_pass_needs_a_model_that_takes_segments():
             lr_schedule=lambda s: 0.1,
             joint_lower_pass=True,
         )
+
+
+def test_split_clean_batch_halves_every_entry():
+    batch = {"image": np.arange(100 * 2).reshape(100, 2), "label": np.arange(100)}
+    upper, lower = common.split_clean_batch(jax.tree.map(jnp.asarray, batch))
+    np.testing.assert_array_equal(upper["label"], np.arange(50))
+    np.testing.assert_array_equal(lower["label"], np.arange(50, 100))
+    assert isinstance(lower["image"], jax.Array) and lower["image"].shape == (50, 2)
+    with pytest.raises(ValueError, match="equal division"):  # validate refuses odd sizes first
+        common.split_clean_batch({"image": jnp.zeros((7, 2)), "label": jnp.zeros(7)})
+
+
+@pytest.mark.parametrize("train_on", ["both", "noisy", "clean"])
+def test_ce_step_by_hand(train_on):
+    """Eq. 2 in one training-mode pass over the batches of `train_on`, then PyTorch's SGD."""
+    method, step, state, _ = run_steps("ce", 2, train_on=train_on)
+    noisy, clean = batches(13)
+    parts = {"both": [noisy, clean], "noisy": [noisy], "clean": [clean]}[train_on]
+    images = jnp.concatenate([p["image"] for p in parts])
+    labels = jnp.concatenate([p["label"] for p in parts])
+    w, unravel_w = ravel_pytree(state["main"]["params"])
+    stats = state["main"]["batch_stats"]
+
+    def loss(wv):
+        (logits, _), _ = method.main_model.apply(
+            {"params": unravel_w(wv), "batch_stats": stats}, images, train=True, mutable=True
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(labels)), labels])
+
+    lr = method.lr_schedule(state["step"])
+    buf, _ = ravel_pytree(optax.tree_utils.tree_get(state["main_opt"], "trace"))
+    new_buf = MU * buf + jax.grad(loss)(w) + WD * w
+    new_state, meas = step(state, noisy, clean)
+    check_main(new_state, w - lr * new_buf, new_buf, unravel_w)
+    np.testing.assert_allclose(float(meas["loss"]), float(loss(w)), rtol=1e-5)

@@ -1,15 +1,17 @@
 """The same training, computed five ways: scan epoch, step loops (device / NumPy / tf.data input),
-4 devices under jit sharding or pmap, and several seeds vmapped into one program; evaluation
-by scan and by host loop."""
+4 devices under jit sharding or pmap, and several seeds vmapped into one program; and the
+sharding itself."""
 
+import dataclasses
 import functools
+import re
 
 import jax
 import numpy as np
 import pytest
 import tiny_config
 
-from ebomlc_jax import epochs, evaluate, parallel, train
+from ebomlc_jax import epochs, parallel, train
 from ebomlc_jax.data import build_data
 from ebomlc_jax.data.device import BatchSpec
 
@@ -45,7 +47,7 @@ def make_runner(
     c = tiny_config.get_config()
     c.method.name = name
     for k, v in method.items():
-        setattr(c.method, k, v)
+        c.method[name][k] = v
     c.data.clean_batch_size = 16  # halves of 8: two examples per device on 4 devices
     d = datas(seeds)
     spec = BatchSpec(d[0].num_noisy, d[0].num_clean, 32, 16, True, 1, c.steps_per_epoch)
@@ -98,6 +100,43 @@ def test_four_devices_equal_one(name):
     assert_close(run(name, devices=4), reference(name))
 
 
+def spying(method, seen):
+    """`method` whose step first records the sharding of its batches' images (at compile time)."""
+
+    class Spy(type(method)):
+        def step(self, state, noisy, clean):
+            for name, batch in (("noisy", noisy), ("clean", clean)):
+                jax.debug.inspect_array_sharding(
+                    batch["image"],
+                    callback=lambda s, name=name, x=batch["image"]: seen.append(
+                        (name, s.shard_shape(x.shape), x.shape)
+                    ),
+                )
+            return super().step(state, noisy, clean)
+
+    return Spy(**{f.name: getattr(method, f.name) for f in dataclasses.fields(method)})
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["scan", "loop"])
+def test_each_of_four_devices_steps_on_a_quarter_of_every_batch(scan):
+    """Not only the numbers of 4 devices equal one's: inside the jitted step each device holds
+    1/4 of the noisy and of the clean batch, and the compiled program convolves local batches."""
+    method, plain = make_runner()
+    seen = []
+    runner = epochs.Runner(spying(method, seen), plain.spec, datas(), [0], "device", scan, "jit", 4)
+    state = runner.init_state()
+    runner.run_epoch(state, 0)
+    assert {name for name, _, _ in seen} == {"noisy", "clean"}
+    for name, local, full in seen:
+        assert local == (full[0] // 4, *full[1:]), (name, local, full)
+    if scan:
+        d = runner.data
+        hlo = runner._scan_epoch.lower(state, d.shared, d.per_seed, d.keys, 0).compile().as_text()
+        # Forward convolutions of the images (NHWC, 1 input channel): per-device batches only.
+        batches = {int(m) for m in re.findall(r"f32\[(\d+),8,8,4\]\S* convolution\(", hlo)}
+        assert batches and max(batches) <= 32 // 4, batches
+
+
 def test_pmap_equals_jit_sharding():
     sharded = run(devices=4, scan=False)
     assert_close(run(mode="pmap", devices=4), sharded)
@@ -120,16 +159,3 @@ def test_vmapped_seeds_equal_separate_runs(seeds_mode):
             [{k: v[i] for k, v in m.items()} for m in trace],
         )
         assert_close(mine, alone)
-
-
-@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
-def test_evaluator_scan_equals_host_loop(seeds):
-    """The evaluation scan (the default) against a host loop over the same compiled batches."""
-    method, runner = make_runner(seeds=seeds)
-    state, _ = runner.run_epoch(runner.init_state(), 0)
-    scan = evaluate.Evaluator(method, runner, 100)(state)
-    loop = evaluate.Evaluator(method, runner, 100, scan=False)(state)
-    assert scan.keys() == loop.keys() >= {"test_accuracy", "clean_loss", "meta_confusion"}
-    for k in scan:
-        assert np.shape(scan[k])[: len(seeds) - 1] == (2,) * (len(seeds) - 1)
-        np.testing.assert_allclose(scan[k], loop[k], rtol=1e-6, err_msg=k)

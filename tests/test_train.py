@@ -15,14 +15,23 @@ import types
 
 import conftest
 import jax
+import ml_collections
 import numpy as np
 import pytest
-import tiny_config
+from helpers import (
+    all_bad_input_cases,
+    case_ids,
+    check_bad_input,
+    checkpoint_epochs,
+    flat,
+    no_compute,
+    read_jsonl,
+    restore,
+    tiny,
+)
 
-from ebomlc_jax import checkpoint, epochs, train
+from ebomlc_jax import checkpoint, train
 from ebomlc_jax.checkpoint import CheckpointError
-from ebomlc_jax.data import build_data
-from ebomlc_jax.data.device import BatchSpec
 from ebomlc_jax.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,70 +64,6 @@ def users_env(env):
     return {**env, "XLA_FLAGS": flags}
 
 
-def tiny(overrides=None):
-    """tests/tiny_config.py with {"dotted.field": value} overrides."""
-    c = tiny_config.get_config()
-    for path, value in (overrides or {}).items():
-        *parents, last = path.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return c
-
-
-def checkpoint_epochs(workdir) -> list[int]:
-    """Complete checkpoints (orbax renames `<n>.orbax-checkpoint-tmp*` to `<n>` when done)."""
-    d = pathlib.Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
-
-
-def fresh_state(config):
-    """A freshly initialised state of the config's structure (the `like` of a restore)."""
-    data = build_data(
-        config.data.dataset,
-        seed=config.seed,
-        noise_kind=config.noise.kind,
-        noise_rate=config.noise.rate,
-        clean_fraction=config.data.clean_fraction,
-    )
-    c = config.data
-    spec = BatchSpec(
-        data.num_noisy,
-        data.num_clean,
-        c.batch_size,
-        c.clean_batch_size,
-        c.augment,
-        c.augment_pad,
-        config.steps_per_epoch,
-    )
-    method = train.build_method(config, data.num_classes, spec.steps_per_epoch)
-    runner = epochs.Runner(method, spec, [data], [config.seed], "device", False, "jit", 1)
-    return runner.init_state()
-
-
-def restore(workdir, config):
-    """(epoch, state, record) of the newest readable checkpoint, through our Checkpointer."""
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint.keep, asynchronous=False)
-    try:
-        return ckpt.restore_latest(fresh_state(config))
-    finally:
-        ckpt.close()
-
-
-def flat(state) -> dict[str, np.ndarray]:
-    """path -> host array of every leaf; PRNG keys as their raw data."""
-    state = checkpoint.to_saveable(state)
-    return {
-        jax.tree_util.keystr(p): np.asarray(x)
-        for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
-    }
-
-
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
-
-
 def eval_lines(workdir) -> list[dict]:
     return [r for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if "eval/epoch" in r]
 
@@ -130,16 +75,6 @@ def damage(workdir, epoch: int) -> None:
     assert files, f"no data files under {state}"
     for f in files:
         f.write_bytes(b"not a checkpoint")
-
-
-def no_compute(monkeypatch):
-    """Make any start of model building or training fail the test."""
-
-    def started(*args, **kwargs):
-        raise AssertionError("compute started before the bad input was reported")
-
-    monkeypatch.setattr(train, "build_method", started)
-    monkeypatch.setattr(train.epochs, "Runner", started)
 
 
 def run_py(args, env, timeout=300):
@@ -378,13 +313,13 @@ def test_rerun_of_a_finished_run_trains_nothing_and_prints_its_summary(finished_
 def test_changed_config_refuses_to_resume_unless_allowed(finished_copy, monkeypatch, capsys):
     workdir, config = finished_copy
     changed = config.copy_and_resolve_references()
-    changed.method.rho = 0.3
+    changed.method.ebomlc.rho = 0.3
     with monkeypatch.context() as m:
         no_compute(m)
         with pytest.raises(ConfigError) as info:
             train.train_and_evaluate(changed, str(workdir))
     message = str(info.value)
-    assert "method.rho: 0.2 (saved) -> 0.3 (now)" in message
+    assert "method.ebomlc.rho: 0.2 (saved) -> 0.3 (now)" in message
     assert "resume_with_changed_config=True" in message
     assert len(re.findall(r"\(saved\) ->", message)) == 1  # only the field that differs
     assert len(eval_lines(workdir)) == FINISHED_EPOCHS  # nothing trained or logged
@@ -398,7 +333,7 @@ def test_changed_config_refuses_to_resume_unless_allowed(finished_copy, monkeypa
     assert f"epoch 1/{FINISHED_EPOCHS + 1} " not in out
     assert [r["eval/epoch"] for r in eval_lines(workdir)] == list(range(1, FINISHED_EPOCHS + 2))
     assert max(checkpoint_epochs(workdir)) == FINISHED_EPOCHS + 1
-    assert json.loads((workdir / "config.json").read_text())["method"]["rho"] == 0.3
+    assert json.loads((workdir / "config.json").read_text())["method"]["ebomlc"]["rho"] == 0.3
 
 
 def test_divergence_stops_with_the_quantity_and_step_and_keeps_the_last_checkpoint(
@@ -442,7 +377,7 @@ def test_divergence_in_the_same_process_keeps_the_pending_checkpoint(tmp_path, e
     and run.py exits with the error: the checkpoint of epoch 1 must be complete on disk."""
     args = [
         "--config.num_epochs=2",
-        "--config.optim.decay_epochs=(1,)",
+        "--config.optim.decay_at=(0.5,)",
         "--config.optim.decay_factor=1e30",
     ]
     proc = run_py(["--config=tests/tiny_config.py", *args, f"--workdir={tmp_path}"], env)
@@ -451,7 +386,7 @@ def test_divergence_in_the_same_process_keeps_the_pending_checkpoint(tmp_path, e
         proc.stderr[-3000:]
     )
     assert checkpoint_epochs(tmp_path) == [1], sorted(os.listdir(tmp_path / "checkpoints"))
-    config = tiny({"num_epochs": 2, "optim.decay_epochs": (1,), "optim.decay_factor": 1e30})
+    config = tiny({"num_epochs": 2, "optim.decay_at": (0.5,), "optim.decay_factor": 1e30})
     assert restore(tmp_path, config)[0] == 1
 
 
@@ -572,17 +507,20 @@ def test_incompatible_checkpoint_is_an_error_not_a_restart(finished_copy):
 
 # ----------------------------------------------------------------------------- bad input
 BAD_INPUT = [
-    ({"method.rho": 0.0}, r"method\.rho=0\.0 is not allowed; allowed values: a number in \(0, 1\]"),
-    ({"method.rho": 1.5}, r"method\.rho=1\.5 .*a number in \(0, 1\]"),
-    ({"method.xi": 0.0}, r"method\.xi=0\.0 .*a number in \(0, 1\)"),
-    ({"method.xi": 1.0}, r"method\.xi=1\.0 .*a number in \(0, 1\)"),
-    ({"method.delta": 0.0}, r"method\.delta=0\.0 .*a number in \(0, inf\)"),
-    ({"method.delta": -0.25}, r"method\.delta=-0\.25 .*a number in \(0, inf\)"),
+    (
+        {"method.ebomlc.rho": 0.0},
+        r"method\.ebomlc\.rho=0\.0 is not allowed; allowed values: a number in \(0, 1\]",
+    ),
+    ({"method.ebomlc.rho": 1.5}, r"method\.ebomlc\.rho=1\.5 .*a number in \(0, 1\]"),
+    ({"method.ebomlc.xi": 0.0}, r"method\.ebomlc\.xi=0\.0 .*a number in \(0, 1\)"),
+    ({"method.ebomlc.xi": 1.0}, r"method\.ebomlc\.xi=1\.0 .*a number in \(0, 1\)"),
+    ({"method.ebomlc.delta": 0.0}, r"method\.ebomlc\.delta=0\.0 .*a number in \(0, inf\]"),
+    ({"method.ebomlc.delta": -0.25}, r"method\.ebomlc\.delta=-0\.25 .*a number in \(0, inf\]"),
     ({"noise.rate": -0.1}, r"noise\.rate=-0\.1 .*a number in \[0, 1\]"),
     ({"noise.rate": 1.2}, r"noise\.rate=1\.2 .*a number in \[0, 1\]"),
     ({"noise.kind": "gaussian"}, r"noise\.kind='gaussian' .*'uniform', 'flip', 'pair'"),
     ({"method.name": "sgd"}, r"method\.name='sgd' .*'ce', 'ebomlc', 'mlc', 'mlc_d'"),
-    ({"method.variant": "v2"}, r"method\.variant='v2' .*'paper', 'reference'"),
+    ({"method.ebomlc.variant": "v2"}, r"method\.ebomlc\.variant='v2' .*'paper', 'reference'"),
     ({"data.dataset": "mnist"}, r"data\.dataset='mnist' .*'cifar10', 'cifar100', 'digits'"),
     # 1,438 digits, 10 classes: round(0.003 * 1438 / 10) = 0 clean examples per class.
     ({"data.clean_fraction": 0.003}, r"data\.clean_fraction=0\.003 .*no clean example"),
@@ -590,15 +528,11 @@ BAD_INPUT = [
     ({"data.clean_batch_size": 142}, r"data\.clean_batch_size=142 .*\[1, 140\] \(set size\)"),
     (
         {"data.clean_batch_size": 31},
-        r"data\.clean_batch_size=31 .*an even integer when data\.clean_in_lower_loss=True",
+        r"data\.clean_batch_size=31 .*multiples of 2 \(ebomlc splits each clean batch in 2 parts",
     ),
     (
-        {"method.joint_lower_pass": True, "data.clean_in_lower_loss": False},
-        r"method\.joint_lower_pass=True .*False unless data\.clean_in_lower_loss=True",
-    ),
-    (
-        {"method.joint_lower_pass": True, "method.name": "ce"},
-        r"method\.joint_lower_pass=True .*and method\.name != 'ce'",
+        {"method.ebomlc.joint_lower_pass": True, "method.ebomlc.clean_in_lower_loss": False},
+        r"method\.ebomlc\.joint_lower_pass=True is not allowed with .*clean_in_lower_loss=False",
     ),
     ({"parallel.mode": "shard"}, r"parallel\.mode='shard' .*'jit', 'pmap'"),
     ({"parallel.seeds": "loop"}, r"parallel\.seeds='loop' .*'vmap', 'map'"),
@@ -606,21 +540,99 @@ BAD_INPUT = [
         {"num_parallel_seeds": 2, "parallel.mode": "pmap"},
         r"num_parallel_seeds=2 needs data\.input='device' and parallel\.mode='jit'",
     ),
+    (
+        {"num_parallel_seeds": 2, "parallel.num_devices": 2},
+        r"parallel\.num_devices=2 .*0 or 1 with num_parallel_seeds=2",
+    ),
+    ({"method.ebomlc.k": 0}, r"method\.ebomlc\.k=0 .*an integer in \[1, inf\)"),
+    (
+        {"method.ebomlc.k": 2, "method.ebomlc.variant": "reference"},
+        r"method\.ebomlc\.k=2 .*1 with variant='reference'",
+    ),
+    ({"method.name": "mlc_d", "method.mlc_d.k": 0}, r"method\.mlc_d\.k=0 .*\[1, inf\)"),
+    ({"method.name": "mlc_d", "method.mlc_d.delta": 0.0}, r"method\.mlc_d\.delta=0\.0 .*\(0, inf"),
+    ({"method.name": "ce", "method.ce.train_on": "all"}, r"method\.ce\.train_on='all' .*'both'"),
+    ({"num_epochs": 0}, r"num_epochs=0 .*an integer in \[1, inf\)"),
+    ({"steps_per_epoch": -1}, r"steps_per_epoch=-1 .*an integer in \[0, inf\)"),
+    ({"num_parallel_seeds": 0}, r"num_parallel_seeds=0 .*an integer in \[1, inf\)"),
+    ({"seed": -1}, r"seed=-1 .*an integer in \[0, 2147483647\]"),
+    ({"data.clean_fraction": 1.0}, r"data\.clean_fraction=1\.0 .*a number in \(0, 1\)"),
+    ({"data.batch_size": 0}, r"data\.batch_size=0 .*an integer in \[1, inf\)"),
+    ({"data.augment_pad": -1}, r"data\.augment_pad=-1 .*an integer in \[0, inf\)"),
+    ({"data.input": "disk"}, r"data\.input='disk' .*'device', 'host', 'tf_data'"),
+    ({"optim.lr": 0.0}, r"optim\.lr=0\.0 .*a number in \(0, inf\)"),
+    ({"optim.momentum": 1.0}, r"optim\.momentum=1\.0 .*a number in \[0, 1\)"),
+    ({"optim.weight_decay": -1e-4}, r"optim\.weight_decay=-0\.0001 .*\[0, inf\)"),
+    ({"optim.meta_lr": 0.0}, r"optim\.meta_lr=0\.0 .*a number in \(0, inf\)"),
+    ({"optim.decay_factor": 0.0}, r"optim\.decay_factor=0\.0 .*a number in \(0, inf\)"),
+    ({"optim.decay_at": (0.5, 1.5)}, r"optim\.decay_at=1\.5 .*a number in \(0, 1\]"),
+    ({"model.dtype": "float16"}, r"model\.dtype='float16' .*'float32', 'bfloat16'"),
+    ({"model.blocks_per_stage": 0}, r"model\.blocks_per_stage=0 .*\[1, inf\)"),
+    ({"model.widths": (4, 0)}, r"model\.widths=\(4, 0\) .*a non-empty tuple of positive"),
+    ({"model.meta_embed_dim": 0}, r"model\.meta_embed_dim=0 .*\[1, inf\)"),
+    ({"model.meta_hidden_dim": 0}, r"model\.meta_hidden_dim=0 .*\[1, inf\)"),
+    ({"model.meta_dropout": 1.0}, r"model\.meta_dropout=1\.0 .*a number in \[0, 1\)"),
+    ({"eval.batch_size": 0}, r"eval\.batch_size=0 .*an integer in \[1, inf\)"),
+    ({"checkpoint.keep": 0}, r"checkpoint\.keep=0 .*an integer in \[1, inf\)"),
+    ({"log_every_steps": 0}, r"log_every_steps=0 .*an integer in \[1, inf\)"),
+    ({"parallel.num_devices": -1}, r"parallel\.num_devices=-1 .*an integer in \[0, inf\]"),
+    # 4 fake CPU devices: 3 does not divide the batches, 8 are not there.
+    ({"parallel.num_devices": 3}, r"parallel\.num_devices=3 .*one of \[1, 2, 4\]"),
+    ({"parallel.num_devices": 8}, r"parallel\.num_devices=8 .*4 devices available"),
 ]
+# Fields no value of whose type is wrong: free text, and the choice of method (checked above).
+FREE_FORM = {"data.data_dir"}
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    BAD_INPUT,
-    ids=["-".join(f"{k}={v}" for k, v in o.items()) for o, _ in BAD_INPUT],
-)
+def config_leaves(config) -> dict[str, object]:
+    """dotted name -> value of every field of a config."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update({f"{key}.{k}": v for k, v in config_leaves(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def boolean_fields() -> list[str]:
+    """Every field whose value is a bool or a bool placeholder (e.g. q_as_optimizer_delta)."""
+    config = tiny()
+    return sorted(
+        name
+        for name, value in config_leaves(config).items()
+        if isinstance(value, bool) or name.endswith("q_as_optimizer_delta")
+    )
+
+
+def test_every_config_field_has_a_bad_input_test():
+    """Here or in the tests of its method (every test module's BAD_INPUT counts)."""
+    covered = {k for overrides, _ in all_bad_input_cases() for k in overrides}
+    covered |= set(boolean_fields())
+    missing = set(config_leaves(tiny())) - covered - FREE_FORM
+    assert not missing, f"no bad-input case for {sorted(missing)}"
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUT, ids=case_ids(BAD_INPUT))
 def test_bad_input_is_a_config_error_before_any_compute(overrides, message, tmp_path, monkeypatch):
+    check_bad_input(overrides, message, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("field", boolean_fields())
+def test_a_boolean_field_refuses_anything_but_a_bool(field, tmp_path, monkeypatch):
+    """ml_collections refuses other types on the command line; a config built in code (no type
+    safety) reaches validate, which names the field."""
     no_compute(monkeypatch)
-    start = time.monotonic()
-    with pytest.raises(ConfigError, match=message):
-        train.train_and_evaluate(tiny(overrides), str(tmp_path))
-    assert time.monotonic() - start < 30
-    assert not (tmp_path / "checkpoints").exists()
+    config = ml_collections.ConfigDict(tiny().to_dict(), type_safe=False)
+    *parents, last = field.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[last] = "yes"
+    if parents[:1] == ["method"]:  # a method's field is checked when it runs
+        config.method.name = parents[1]
+    with pytest.raises(ConfigError, match=rf"{re.escape(field)}='yes' .*\(True, False\)"):
+        train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_parallel_seeds_map_equals_vmap_end_to_end(tmp_path):

@@ -10,7 +10,7 @@ def get_config():
     c = setting("digits", "uniform", 0.6)
     c.num_epochs = 3
     c.steps_per_epoch = 3
-    c.optim.decay_epochs = (2,)
+    c.optim.decay_at = (2 / 3,)  # after epoch 2
     c.data.clean_fraction = 0.1
     c.data.batch_size = 32
     c.data.clean_batch_size = 32

@@ -19,7 +19,6 @@ from ebomlc_jax.data.pipeline import (
     epoch_batches,
     gather_batch,
     noisy_stream,
-    split_clean_batch,
     stream_batch,
     tf_dataset,
 )
@@ -34,10 +33,15 @@ from ebomlc_jax.data.sources import (
 )
 from ebomlc_jax.data.splits import split_clean_noisy
 
+# Where training batches are gathered: on the device (the whole training set there), by NumPy on
+# the host, or by tf.data on the host (for data too large for device memory).
+INPUTS = ("device", "host", "tf_data")
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DATASETS",
+    "INPUTS",
     "NOISE_KINDS",
     "DatasetUnavailableError",
     "NoisyLabelData",
@@ -53,7 +57,6 @@ __all__ = [
     "noise_report",
     "noisy_stream",
     "normalize",
-    "split_clean_batch",
     "split_clean_noisy",
     "stream_batch",
     "tf_dataset",

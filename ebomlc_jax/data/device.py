@@ -10,11 +10,13 @@ floating-point batches.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebomlc_jax import parallel
 from ebomlc_jax.data.augment import augment
 from ebomlc_jax.data.pipeline import NoisyLabelData, epoch_batches, stream_batch
 from ebomlc_jax.data.sources import normalize
@@ -54,6 +56,61 @@ def split_arrays(data: NoisyLabelData) -> tuple[dict[str, np.ndarray], dict[str,
     return shared, per_seed
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+    """A run's data on its device(s): the training images once (`shared`), each seed's partition
+    and labels (`per_seed`, stacked on a leading axis when several seeds run as one program), the
+    data keys of `data_keys` (likewise) and the test set."""
+
+    shared: Arrays
+    per_seed: Arrays
+    keys: dict[str, jax.Array]
+    test: Arrays
+    num_classes: int
+    num_seeds: int = 1
+    seeds_mode: str = "vmap"  # parallel.SEED_MODES
+
+    @property
+    def num_noisy(self) -> int:
+        """|D'|."""
+        return int(self.per_seed["noisy_index"].shape[-1])
+
+    @property
+    def num_clean(self) -> int:
+        """|D|."""
+        return int(self.per_seed["clean_index"].shape[-1])
+
+    def over_seeds(self, f: Callable, in_axes: tuple[int | None, ...]) -> Callable:
+        """`f` over the seed axis (vmap or map) when several seeds run together, else `f`."""
+        if self.num_seeds == 1:
+            return f
+        return parallel.over_seeds(f, in_axes, self.seeds_mode)
+
+
+def place_data(
+    datas: Sequence[NoisyLabelData],
+    seeds: Sequence[int],
+    put: Callable = jax.device_put,
+    seeds_mode: str = "vmap",
+) -> DeviceData:
+    """The data of one or several seeds (same dataset) on the device, placed by `put`."""
+    host_shared, _ = split_arrays(datas[0])
+    per_seed = [split_arrays(d)[1] for d in datas]
+    keys = [data_keys(s) for s in seeds]
+    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+    one = (lambda xs: xs[0]) if len(seeds) == 1 else stack
+    test = {"images": datas[0].test_images, "labels": datas[0].test_labels}
+    return DeviceData(
+        shared=put(host_shared),
+        per_seed=put(one(per_seed)),
+        keys=put(one(keys)),
+        test=put(test),
+        num_classes=datas[0].num_classes,
+        num_seeds=len(seeds),
+        seeds_mode=seeds_mode,
+    )
+
+
 def data_keys(seed: int) -> dict[str, jax.Array]:
     """The run's independent random streams: init, noisy order, clean order, augmentation."""
     init, noisy, clean, aug = jax.random.split(jax.random.key(seed), 4)
@@ -75,11 +132,12 @@ def batch_keys(keys: dict[str, jax.Array], step) -> tuple[jax.Array, jax.Array]:
 
 
 def gather_noisy(shared: Arrays, per_seed: Arrays, rows: jax.Array) -> Arrays:
-    """Raw noisy batch of positions `rows` in D' (on device)."""
+    """Raw noisy batch of positions `rows` in D' (on device); "index" holds the positions."""
     return {
         "image": jnp.take(shared["images"], per_seed["noisy_index"][rows], axis=0),
         "label": per_seed["noisy_label"][rows],
         "true_label": per_seed["noisy_true_label"][rows],
+        "index": rows.astype(jnp.int32),
     }
 
 

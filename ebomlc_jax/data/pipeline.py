@@ -133,6 +133,7 @@ def gather_batch(data: NoisyLabelData, which: str, idx) -> dict:
             "image": data.images[data.noisy_index[idx]],
             "label": data.noisy_label[idx],
             "true_label": data.noisy_true_label[idx],
+            "index": idx.astype(np.int32),
         }
     if which == "clean":
         return {"image": data.images[data.clean_index[idx]], "label": data.clean_label[idx]}
@@ -228,6 +229,7 @@ def tf_dataset(
                 "image": tf.gather(images, tf.gather(rows, idx)),
                 "label": tf.gather(label, idx),
                 "true_label": tf.gather(true_label, idx),
+                "index": idx,
             }
     else:
         rows, label = tf.constant(data.clean_index), tf.constant(data.clean_label)
@@ -239,15 +241,3 @@ def tf_dataset(
             }
 
     return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def split_clean_batch(batch: dict) -> tuple[dict, dict]:
-    """(first half, second half) of a clean batch: upper-loss half and lower-loss half."""
-    sizes = {k: v.shape[0] for k, v in batch.items()}
-    size = next(iter(sizes.values()))
-    if len(set(sizes.values())) != 1:
-        raise errors.ConfigError(f"clean batch entries differ in batch size: {sizes}")
-    if size % 2:
-        raise errors.allowed("data.clean_batch_size", size, "an even integer (split in halves)")
-    half = size // 2
-    return {k: v[:half] for k, v in batch.items()}, {k: v[half:] for k, v in batch.items()}

@@ -1,14 +1,20 @@
-"""Training methods, registered by name: `create("ebomlc", main_model=..., ...)`."""
+"""Training methods, registered by name: `create("ebomlc", main_model=..., ...)`.
+
+One module per method; the interface is described in `methods/common.py`. Registering a method
+is one import line below.
+"""
 
 from ebomlc_jax.methods import ce, ebomlc, mlc, mlc_d  # noqa: F401  (registers them)
 from ebomlc_jax.methods.common import Method, State, main_optimizer, meta_optimizer
-from ebomlc_jax.methods.registry import REGISTRY, create, get, register
+from ebomlc_jax.methods.registry import REGISTRY, config, create, from_config, get, register
 
 __all__ = [
     "REGISTRY",
     "Method",
     "State",
+    "config",
     "create",
+    "from_config",
     "get",
     "main_optimizer",
     "meta_optimizer",

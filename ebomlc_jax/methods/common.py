@@ -1,9 +1,53 @@
-"""Machinery every method shares: state, optimisers, model adapters, the released SGD lookahead."""
+"""The method interface, and the machinery every method shares (state, optimisers, adapters).
+
+A method is one module of this package: a frozen dataclass subclassing `Method`, registered by
+name (`@registry.register("name")` plus one import line in `methods/__init__.py`). Nothing
+outside `methods/` (and the configs) names a method; the training loop reads what it needs from
+the class and the instance:
+
+Configuration
+- `name` (set by `register`) is `config.method.name`; the method's own block is
+  `config.method.<name>`, declared by `default_config()`: a dict, one commented entry per
+  hyperparameter (`placeholder(type)` for a field whose default is None; the methods import
+  no ml_collections, so the benchmarks run where it is not installed).
+  `hyperparameters(config)` maps a run's config to constructor keywords (by default the block
+  as it is); `check(hp)` raises `ConfigError` for a value the method cannot
+  run with. The constructor calls `check` (it is public API: `methods.create(...)`), and
+  `validate` calls the same function before any compute.
+- `from_config(config, main_model=..., num_classes=..., steps_per_epoch=..., axis_name=...,
+  num_noisy=...)` builds it: the shared optimiser settings come from `config.optim`, the meta
+  model (when `uses_meta`) from `config.model`, the run's shape (|D'|, steps per epoch, epochs)
+  into `num_noisy`, `steps_per_epoch` and `num_epochs`, anything else from its own block.
+
+What it needs, declared
+- `uses_meta`: it trains the label-correction meta model g(h(x), y) (`meta_model`); evaluation
+  then measures the meta model's corrections on D' (`correct_labels`).
+- `clean_parts(hp)`: 2 when each clean batch is split in halves (e.g. the released code's upper
+  loss / lower loss halves), else 1; batch sizes and device counts must divide accordingly.
+- `variant_of(hp)`: a variant name for the summary and the default workdir, or None.
+- Second networks, per-example weights, extra tables: entries of its own in the state (e.g.
+  "peer" / "peer_opt" with `make_optimizer`-style transforms of its own), built in `init`.
+- An epoch-level hook: `epoch_pass(epoch)` names a set ("noisy" D' or "clean" D) to run
+  `per_example(state, batch)` over, whole and in order, in eval mode, before training epoch
+  `epoch` (0-based); `begin_epoch(state, epoch, outputs)` (pure, jit-able) then updates the state
+  from those per-example outputs ([set size, ...] arrays). Noisy batches carry "index", the
+  position of each example in D', so a step can read per-example tables kept in the state.
+
+Running
+- `init(rng, sample_images) -> state`: a plain dict PyTree ("step", "rng", "main", "main_opt",
+  plus the method's own entries), checkpointed whole, so resume is exact.
+- `step(state, noisy, clean) -> (state, measurements)`: pure; the caller compiles it with
+  `jax.jit(method.step, donate_argnums=0)`. Noisy batches hold "image", "label", "index" and,
+  for analysis only, "true_label"; clean batches "image" and "label".
+- Evaluation: `predict(state, images)` gives the logits the paper's accuracy is read from;
+  `extra_predictions` other heads to report (e.g. each of two networks).
+"""
+
+from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -11,15 +55,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ebomlc_jax import bilevel
-from ebomlc_jax.data.pipeline import split_clean_batch
+from ebomlc_jax import bilevel, models
 from ebomlc_jax.errors import ConfigError
 
 PyTree = Any
-# {"step", "rng", "main": {"params", "batch_stats"}, "main_opt", ["meta": {"params"}, "meta_opt"]}
+# {"step", "rng", "main": {"params", "batch_stats"}, "main_opt", + the method's own entries}
 State = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 Measurements = dict[str, jax.Array]
+SETS = ("noisy", "clean")  # what an epoch pass may run over
+Config = Any  # an ml_collections.ConfigDict of a run (read only through its fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class placeholder:  # noqa: N801 (reads as ml_collections' `config_dict.placeholder(type)`)
+    """A config field of type `type` whose default is None (ml_collections' placeholder)."""
+
+    type: type
 
 
 def main_optimizer(
@@ -34,6 +86,16 @@ def main_optimizer(
 def meta_optimizer(lr: float) -> optax.GradientTransformation:
     """Adam with AMSGrad, eps 1e-8, no weight decay (optax keeps the max of bias-corrected nu)."""
     return optax.amsgrad(lr, eps=1e-8)
+
+
+def lr_schedule(optim: Config, num_epochs: int, steps: int) -> optax.Schedule:
+    """Piecewise-constant lr: x decay_factor after each fraction of the epochs in decay_at.
+
+    A fraction f decays at the end of epoch round(f * num_epochs): the paper's (2/3, 5/6) of 120
+    epochs are epochs 80 and 100, and a shorter run decays at the same share of training.
+    """
+    boundaries = {round(f * num_epochs) * steps: optim.decay_factor for f in optim.decay_at}
+    return optax.piecewise_constant_schedule(optim.lr, boundaries)
 
 
 def momentum_buffer(main_opt_state: PyTree) -> PyTree:
@@ -55,14 +117,10 @@ def sgd_delta(
     )
 
 
-def accepts_segments(model: nn.Module) -> bool:
-    """Whether the model's __call__ takes `segments` (one pass over concatenated batches)."""
-    return "segments" in inspect.signature(type(model).__call__).parameters
-
-
-def split_clean(clean_batch: Batch, into_lower: bool) -> tuple[Batch, Batch | None]:
-    """(upper batch, lower batch): halves when the clean batch is also mixed into G."""
-    return split_clean_batch(clean_batch) if into_lower else (clean_batch, None)
+def split_clean_batch(batch: Batch) -> tuple[Batch, Batch]:
+    """(first half, second half) of a clean batch: upper-loss half and lower-loss half."""
+    halves = {k: jnp.split(v, 2) for k, v in batch.items()}
+    return {k: v[0] for k, v in halves.items()}, {k: v[1] for k, v in halves.items()}
 
 
 def without_axis(model: nn.Module | None) -> nn.Module | None:
@@ -98,7 +156,7 @@ def main_apply(
 ) -> bilevel.MainApply:
     """Training-mode main model: (logits, features, updated batch_stats) from fixed input stats.
 
-    `segments` (optional) is passed to a model that takes it (see `joint_main_apply`).
+    `segments` (optional) is passed to a model that takes it (see `label_correction`).
     """
 
     def apply(params: PyTree, images: jax.Array, segments: tuple[int, ...] | None = None):
@@ -114,44 +172,34 @@ def main_apply(
     return apply
 
 
-def joint_main_apply(apply: Callable[..., tuple[jax.Array, jax.Array, Any]]) -> bilevel.JointApply:
-    """`apply` (from `main_apply`) over two batches in one pass: concatenated, BN stats per batch.
-
-    The model takes `segments=(n, m)` (CifarResNet does); the BN update is the first batch's,
-    as `apply` over it alone would give.
-    """
-
-    def joint(params: PyTree, images: jax.Array, clean_images: jax.Array):
-        n, m = images.shape[0], clean_images.shape[0]
-        both = jnp.concatenate([images, clean_images])
-        logits, features, stats = apply(params, both, (n, m))
-        return logits[:n], features[:n], stats, logits[n:]
-
-    return joint
+def init_network(model: nn.Module, rng: jax.Array, sample_images: jax.Array) -> PyTree:
+    """{"params", "batch_stats"} of a freshly initialised main-model-like network."""
+    variables = without_axis(model).init(rng, sample_images, train=False)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
-def meta_fn(
-    model: nn.Module, dropout_key: jax.Array | None, axis_name: str | None = None
-) -> bilevel.MetaFn:
-    """Meta model in training mode: dropout with this key (None: off), batch-statistics BN."""
-
-    def fn(params: PyTree, features: jax.Array, labels: jax.Array) -> jax.Array:
-        return model.apply(
-            {"params": reduce_grad(params, axis_name)},
-            features,
-            labels,
-            deterministic=dropout_key is None,
-            rngs={} if dropout_key is None else {"dropout": dropout_key},
-        )
-
-    return fn
+def sgd_update(
+    tx: optax.GradientTransformation,
+    network: PyTree,
+    opt_state: PyTree,
+    grads: PyTree,
+    batch_stats: PyTree,
+    start: PyTree | None = None,
+    decay_at: PyTree | None = None,
+) -> tuple[PyTree, PyTree]:
+    """(network, opt_state) after one step of `tx` along `grads`, added to `start` (default: the
+    current parameters), weight decay at `decay_at` (default: the current parameters)."""
+    params = network["params"]
+    updates, opt_state = tx.update(grads, opt_state, params if decay_at is None else decay_at)
+    new = optax.apply_updates(params if start is None else start, updates)
+    return {"params": new, "batch_stats": batch_stats}, opt_state
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Method:
     """A training method: `init(rng, sample_images) -> state`, pure `step(state, noisy, clean)`.
 
-    `step` is jit-compiled once by the caller with `jax.jit(method.step, donate_argnums=0)`.
+    The interface is described in this module's docstring.
     """
 
     main_model: nn.Module
@@ -160,11 +208,79 @@ class Method:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     meta_lr: float = 3e-4
-    clean_in_lower_loss: bool = True
-    joint_lower_pass: bool = False  # G's noisy and clean batches in one pass (per-batch BN stats)
     axis_name: str | None = None  # pmap axis; the models must be built with the same one
+    # The run's shape, for methods with tables over D' or schedules in epochs (0: not given).
+    num_noisy: int = 0  # |D'|
+    steps_per_epoch: int = 0
+    num_epochs: int = 0
 
-    uses_meta: ClassVar[bool] = True
+    name: ClassVar[str] = ""  # set by registry.register
+    uses_meta: ClassVar[bool] = False
+
+    # -- configuration (class level: validate calls these before anything is built)
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        """This method's block of the run config, `config.method.<name>` (empty by default)."""
+        return {}
+
+    @classmethod
+    def hyperparameters(cls, config: Config) -> dict[str, Any]:
+        """Constructor keywords from a run's config: its block, as it is."""
+        return dict(config.method[cls.name]) if cls.name in config.method else {}
+
+    @classmethod
+    def check(cls, hp: Mapping[str, Any]) -> None:
+        """Raise ConfigError for a hyperparameter this method cannot run with."""
+
+    @classmethod
+    def clean_parts(cls, hp: Mapping[str, Any]) -> int:
+        """Into how many equal parts a step splits its clean batch."""
+        return 1
+
+    @classmethod
+    def variant_of(cls, hp: Mapping[str, Any]) -> str | None:
+        """The variant a run reports (summary, default workdir), or None."""
+        return None
+
+    @classmethod
+    def run_name(cls, config: Config) -> str:
+        """'<name>' or '<name>-<variant>': the default workdir's name for this run."""
+        variant = cls.variant_of(cls.hyperparameters(config))
+        return cls.name + (f"-{variant}" if variant else "")
+
+    @classmethod
+    def field(cls, name: str) -> str:
+        """The config path of one of this method's hyperparameters, for messages."""
+        return f"method.{cls.name}.{name}" if cls.name else name
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        main_model: nn.Module,
+        num_classes: int,
+        steps_per_epoch: int,
+        axis_name: str | None = None,
+        num_noisy: int = 0,
+    ) -> Method:
+        """The method of a run's config, around `main_model` (built by the caller)."""
+        meta = (
+            models.meta_from_config(config.model, num_classes, axis_name) if cls.uses_meta else None
+        )
+        return cls(
+            main_model=main_model,
+            meta_model=meta,
+            lr_schedule=lr_schedule(config.optim, config.num_epochs, steps_per_epoch),
+            momentum=config.optim.momentum,
+            weight_decay=config.optim.weight_decay,
+            meta_lr=config.optim.meta_lr,
+            axis_name=axis_name,
+            num_noisy=num_noisy,
+            steps_per_epoch=steps_per_epoch,
+            num_epochs=config.num_epochs,
+            **cls.hyperparameters(config),
+        )
 
     def __post_init__(self):
         if self.uses_meta and self.meta_model is None:
@@ -176,17 +292,24 @@ class Method:
                     f"{type(model).__name__} has axis name {name!r} but the method has "
                     f"{self.axis_name!r}: build both for the same parallel mode"
                 )
-        if self.joint_lower_pass and not (self.uses_meta and self.clean_in_lower_loss):
-            raise ConfigError(
-                f"method.joint_lower_pass=True needs clean_in_lower_loss=True and a method with "
-                f"a lower loss G ({type(self).__name__} with clean_in_lower_loss="
-                f"{self.clean_in_lower_loss}: there is no clean half in G to join). Allowed: False"
-            )
-        if self.joint_lower_pass and not accepts_segments(self.main_model):
-            raise ConfigError(
-                f"method.joint_lower_pass=True needs a main model whose __call__ takes `segments` "
-                f"(CifarResNet does); {type(self.main_model).__name__} does not. Allowed: False"
-            )
+        self.check(self.own_hyperparameters())
+
+    def own_hyperparameters(self) -> dict[str, Any]:
+        """The values of the fields this class adds to Method (its config block's fields)."""
+        base = {f.name for f in dataclasses.fields(Method)}
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in base
+        }
+
+    @property
+    def clean_batch_parts(self) -> int:
+        """`clean_parts` of this instance."""
+        return self.clean_parts(self.own_hyperparameters())
+
+    @property
+    def variant(self) -> str | None:
+        """`variant_of` this instance."""
+        return self.variant_of(self.own_hyperparameters())
 
     @property
     def main_tx(self) -> optax.GradientTransformation:
@@ -196,20 +319,20 @@ class Method:
     def meta_tx(self) -> optax.GradientTransformation:
         return meta_optimizer(self.meta_lr)
 
+    # -- state
     def init(self, rng: jax.Array, sample_images: jax.Array) -> State:
         """Fresh state: parameters, BN statistics, optimiser states, rng and step counter."""
         k_main, k_meta, k_drop, k_state = jax.random.split(rng, 4)
-        variables = self.main_model.init(k_main, sample_images, train=False)
-        params = variables["params"]
+        main = init_network(self.main_model, k_main, sample_images)
         state = {
             "step": jnp.zeros((), jnp.int32),
             "rng": k_state,
-            "main": {"params": params, "batch_stats": variables["batch_stats"]},
-            "main_opt": self.main_tx.init(params),
+            "main": main,
+            "main_opt": self.main_tx.init(main["params"]),
         }
         if self.uses_meta:
             _, features = jax.eval_shape(
-                lambda: self.main_model.apply(variables, sample_images, train=False)
+                lambda: without_axis(self.main_model).apply(main, sample_images, train=False)
             )
             meta_vars = without_axis(self.meta_model).init(
                 {"params": k_meta, "dropout": k_drop},
@@ -227,43 +350,13 @@ class Method:
         keys = [jax.random.fold_in(key, i) for i in range(num_keys)]
         return self.lr_schedule(state["step"]), keys, {**state, "rng": rng}
 
-    def apply_fn(self, state: State) -> bilevel.MainApply:
-        """The training-mode main model from this step's input BN statistics."""
-        return main_apply(self.main_model, state["main"]["batch_stats"], self.axis_name)
-
-    def meta_fn(self, key: jax.Array | None) -> bilevel.MetaFn:
-        """The training-mode meta model with dropout key `key`."""
-        return meta_fn(self.meta_model, key, self.axis_name)
-
-    def objectives(
-        self,
-        state: State,
-        noisy_batch: Batch,
-        clean_batch: Batch,
-        lower_keys: list[jax.Array],
-        upper_key: jax.Array | None = None,
-        rho: float = 1.0,
-        mixture=bilevel.mixture_nll,
-    ) -> tuple[bilevel.Objective, list[bilevel.Objective]]:
-        """F on the (first half of the) clean batch and one G per dropout key in `lower_keys`.
-
-        F mixes in the meta model (Eq. 9, its own dropout key) when `upper_key` is given, else
-        it is the plain CE of Eq. 2. G holds the second clean half when clean_in_lower_loss,
-        passed through the network together with the noisy batch when joint_lower_pass.
-        """
-        apply = self.apply_fn(state)
-        joint = joint_main_apply(apply) if self.joint_lower_pass else None
-        upper_batch, lower_clean = split_clean(clean_batch, self.clean_in_lower_loss)
-        upper_meta = None if upper_key is None else self.meta_fn(upper_key)
-        upper = bilevel.upper_objective(upper_batch, apply, upper_meta, rho, mixture)
-        lowers = [
-            bilevel.lower_objective(noisy_batch, apply, self.meta_fn(k), lower_clean, joint)
-            for k in lower_keys
-        ]
-        return upper, lowers
+    def apply_fn(self, state: State, network: str = "main") -> bilevel.MainApply:
+        """The training-mode main model (or another network of the state) from this step's input
+        BN statistics."""
+        return main_apply(self.main_model, state[network]["batch_stats"], self.axis_name)
 
     def update_meta(self, state: State, grad_meta: PyTree) -> State:
-        """One AMSGrad step of the meta model along `grad_meta`."""
+        """One step of the meta model's optimiser along `grad_meta`."""
         updates, opt = self.meta_tx.update(grad_meta, state["meta_opt"], state["meta"]["params"])
         params = optax.apply_updates(state["meta"]["params"], updates)
         return {**state, "meta": {"params": params}, "meta_opt": opt}
@@ -276,21 +369,12 @@ class Method:
         start: PyTree | None = None,
         decay_at: PyTree | None = None,
     ) -> State:
-        """One momentum-SGD step along `grad_main`, added to `start` (default: the current w).
-
-        Weight decay uses `decay_at` (default: the current w).
-        """
-        params = state["main"]["params"]
-        updates, opt = self.main_tx.update(
-            grad_main, state["main_opt"], params if decay_at is None else decay_at
+        """One momentum-SGD step along `grad_main`, added to `start` (default: the current w),
+        weight decay at `decay_at` (default: the current w); counts the step."""
+        main, opt = sgd_update(
+            self.main_tx, state["main"], state["main_opt"], grad_main, batch_stats, start, decay_at
         )
-        new = optax.apply_updates(params if start is None else start, updates)
-        return {
-            **state,
-            "main": {"params": new, "batch_stats": batch_stats},
-            "main_opt": opt,
-            "step": state["step"] + 1,
-        }
+        return {**state, "main": main, "main_opt": opt, "step": state["step"] + 1}
 
     def step(
         self, state: State, noisy_batch: Batch, clean_batch: Batch
@@ -306,11 +390,31 @@ class Method:
     ) -> tuple[State, Measurements]:
         raise NotImplementedError
 
+    # -- the epoch-level hook (none by default)
+    def epoch_pass(self, epoch: int) -> str | None:
+        """The set ("noisy" or "clean") to pass over before training epoch `epoch`, or None."""
+        return None
+
+    def per_example(self, state: State, batch: Batch) -> dict[str, jax.Array]:
+        """Eval-mode per-example outputs of one batch of the epoch pass ([B, ...] arrays)."""
+        raise NotImplementedError
+
+    def begin_epoch(self, state: State, epoch: jax.Array, outputs: dict[str, jax.Array]) -> State:
+        """The state for training epoch `epoch`, from the epoch pass's per-example outputs."""
+        raise NotImplementedError
+
     # -- evaluation
-    def predict(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Eval-mode (running BN statistics) logits and features of the main model."""
-        variables = {"params": state["main"]["params"], "batch_stats": state["main"]["batch_stats"]}
-        return without_axis(self.main_model).apply(variables, images, train=False)
+    def forward(self, state: State, images: jax.Array, network: str = "main"):
+        """Eval-mode (running BN statistics) logits and features of a network of the state."""
+        return without_axis(self.main_model).apply(state[network], images, train=False)
+
+    def predict(self, state: State, images: jax.Array) -> jax.Array:
+        """The logits the method is evaluated by (test accuracy, clean-set model selection)."""
+        return self.forward(state, images)[0]
+
+    def extra_predictions(self, state: State, images: jax.Array) -> dict[str, jax.Array]:
+        """Other heads whose test accuracy is reported as `test_accuracy_<name>` (none here)."""
+        return {}
 
     def correct_labels(self, state: State, images: jax.Array, labels: jax.Array) -> jax.Array:
         """The meta model's corrected label distribution g(h(x), y), dropout off.
@@ -318,7 +422,7 @@ class Method:
         h comes from the eval-mode main model; the meta BN uses this batch's statistics (it keeps
         no running averages, as in the released code).
         """
-        _, features = self.predict(state, images)
+        _, features = self.forward(state, images)
         return without_axis(self.meta_model).apply(
             {"params": state["meta"]["params"]}, features, labels, deterministic=True
         )

@@ -1,14 +1,18 @@
-"""EBOMLC: Algorithm 2 as written (`variant="paper"`) or the released code's step ("reference")."""
+"""EBOMLC: Algorithm 2 as written (`variant="paper"`) or the released code's step ("reference").
+
+The differences between the two are listed in docs/reference_notes.md, section 4.
+"""
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from ebomlc_jax import bilevel
-from ebomlc_jax.errors import allowed
-from ebomlc_jax.methods import common
+from ebomlc_jax.errors import allowed, check_bool, check_choice, check_number
+from ebomlc_jax.methods import common, label_correction
 from ebomlc_jax.methods.registry import register
 
 VARIANTS = ("paper", "reference")
@@ -23,22 +27,55 @@ def logit_probability_mixture(
 
 @register("ebomlc")
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EBOMLC(common.Method):
-    """EBOMLC; `variant` picks the paper's equations or the released code (REFERENCE_NOTES 4)."""
+class EBOMLC(label_correction.LabelCorrection):
+    """EBOMLC; `variant` picks the paper's equations or the released code (reference notes 4)."""
 
     variant: str = "paper"
     rho: float = 0.2
     xi: float = 0.5
     delta: float = 0.25
+    k: int = 1  # inner steps of the value gap (paper variant)
     keep_inner_step: bool = True  # paper variant: start the optimiser step from w1, not w
     q_as_optimizer_delta: bool = False  # reference variant, CIFAR-100 branch (item 5)
 
-    uses_meta: ClassVar[bool] = True
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        return {
+            "variant": "paper",  # paper (Algorithm 2) | reference (the released step_ebomlc)
+            "rho": 0.2,  # Eq. 9 mixture weight
+            "xi": 0.5,  # Eq. 12 scale of beta-bar
+            "delta": 0.25,  # Eq. 10-11 barrier
+            "k": 1,  # inner steps of the value gap Q (Eq. 8: one; Fig. 7 tries 1, 2, 5); paper only
+            "keep_inner_step": True,  # DEVIATES from Algorithm 2's text (optimiser step from w):
+            #   the step starts from w1, as the released code does (paper variant only)
+            "q_as_optimizer_delta": common.placeholder(bool),  # reference variant, item 5;
+            #   None: as released (on for every dataset but cifar10)
+            **label_correction.lower_loss_fields(),
+        }
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.variant not in VARIANTS:
-            raise allowed("method.variant", self.variant, VARIANTS)
+    @classmethod
+    def hyperparameters(cls, config: common.Config) -> dict[str, Any]:
+        hp = super().hyperparameters(config)
+        if hp["q_as_optimizer_delta"] is None:  # released: `if dataset != 'cifar10'`
+            hp["q_as_optimizer_delta"] = config.data.dataset != "cifar10"
+        return hp
+
+    @classmethod
+    def check(cls, hp: Mapping[str, Any]) -> None:
+        super().check(hp)
+        check_choice(cls.field("variant"), hp["variant"], VARIANTS)
+        check_number(cls.field("rho"), hp["rho"], 0, 1, low_open=True)
+        check_number(cls.field("xi"), hp["xi"], 0, 1, low_open=True, high_open=True)
+        check_number(cls.field("delta"), hp["delta"], 0, float("inf"), low_open=True)
+        check_number(cls.field("k"), hp["k"], 1, float("inf"), high_open=True, integer=True)
+        if hp["variant"] == "reference" and hp["k"] != 1:
+            raise allowed(cls.field("k"), hp["k"], "1 with variant='reference' (the released step)")
+        for name in ("keep_inner_step", "q_as_optimizer_delta"):
+            check_bool(cls.field(name), hp[name])
+
+    @classmethod
+    def variant_of(cls, hp: Mapping[str, Any]) -> str:
+        return hp["variant"]
 
     def _step(self, state, noisy_batch, clean_batch):
         if self.variant == "paper":
@@ -50,7 +87,8 @@ class EBOMLC(common.Method):
 
         One dropout mask for F and one shared by G(w) and G(w1), so Q is a gap of one function.
         With `keep_inner_step`, the optimiser's step is added to w1 instead of w (weight decay
-        still at w), so the two settings differ by exactly the inner step.
+        still at w), so the two settings differ by exactly the inner step. With k > 1, w1 is
+        w_k, k plain SGD steps of G on the same batch (Q = G(w) - G(w_k), Fig. 7's ablation).
         """
         lr, keys, state = self.begin(state, 2)
         upper, (lower,) = self.objectives(
@@ -58,7 +96,7 @@ class EBOMLC(common.Method):
         )
         w, alpha = state["main"]["params"], state["meta"]["params"]
         (d_main, d_meta), aux = bilevel.barrier_direction(
-            upper, lower, w, alpha, delta=self.delta, xi=self.xi, lr=lr
+            upper, lower, w, alpha, delta=self.delta, xi=self.xi, lr=lr, steps=self.k
         )
         start = aux["inner_params"] if self.keep_inner_step else w
         state = self.update_main(state, d_main, aux["aux"]["apply"], start=start, decay_at=w)
@@ -66,7 +104,7 @@ class EBOMLC(common.Method):
         return state, self._measure(aux, lr, noisy_batch)
 
     def _reference_step(self, state, noisy_batch, clean_batch):
-        """The released `step_ebomlc` (REFERENCE_NOTES 4, items 1-8; no eta quirk).
+        """The released `step_ebomlc` (reference notes 4, items 1-8; no eta quirk).
 
         u_F = -eta (mu b + grad_w F + lambda w); w1 = w + sgd_delta(grad_w G(w)) is kept;
         beta = xi relu((delta ||dQ||^2 - <dQ_w, u_F>) / (||dQ||^2 + 1e-8));

@@ -1,26 +1,30 @@
 """MLC (microsoft/MLC, k=1): momentum SGD on G for the main model, exact hypergradient for meta."""
 
 import dataclasses
-from typing import ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from ebomlc_jax import bilevel
-from ebomlc_jax.methods import common
+from ebomlc_jax.methods import common, label_correction
 from ebomlc_jax.methods.registry import register
 
 
 @register("mlc")
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MLC(common.Method):
+class MLC(label_correction.LabelCorrection):
     """v = grad_w G(w); w' = w - eta (mu b + v + lambda w); meta: d/d alpha CE_clean(w'(alpha)).
 
     With k = 1 the released code's accumulated gamma term is always multiplied by zero, so the
-    meta gradient is the exact one-step unrolled hypergradient (REFERENCE_NOTES 5).
+    meta gradient is the exact one-step unrolled hypergradient (reference notes 5). The meta
+    network is EBOMLC's (`config.model.meta_*`: dropout and BN, N(0, 1) label embedding), as in
+    the authors' `step_mlc`; microsoft/MLC's has neither and a Xavier embedding.
     """
 
-    uses_meta: ClassVar[bool] = True
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        return label_correction.lower_loss_fields()
 
     def _step(self, state, noisy_batch, clean_batch):
         lr, (key,), state = self.begin(state, 1)

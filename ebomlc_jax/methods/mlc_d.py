@@ -1,18 +1,20 @@
 """MLC-D (Algorithm 1): MLC with BOME's dynamic barrier, k lookahead steps, no hypergradient."""
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 
 from ebomlc_jax import bilevel
-from ebomlc_jax.methods import common
+from ebomlc_jax.errors import check_number
+from ebomlc_jax.methods import common, label_correction
 from ebomlc_jax.methods.registry import register
 
 
 @register("mlc_d")
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MLCD(common.Method):
+class MLCD(label_correction.LabelCorrection):
     """w <- w - eta (grad_w F + beta grad_w Q), alpha <- alpha - eta_a beta grad_a Q (Eq. 6-7).
 
     The main model restarts from w after the k-step lookahead (as Algorithm 1 and the released
@@ -22,7 +24,21 @@ class MLCD(common.Method):
     k: int = 5
     delta: float = 0.5  # released code's hard-coded value (the paper does not state one)
 
-    uses_meta: ClassVar[bool] = True
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        return {
+            "k": 5,  # lookahead steps of Algorithm 1 (plain SGD; DEVIATES from the released code,
+            #   whose lookahead has momentum and weight decay)
+            "delta": 0.5,  # barrier delta of Eq. 7: the released code's hard-coded value (the
+            #   paper gives none)
+            **label_correction.lower_loss_fields(),
+        }
+
+    @classmethod
+    def check(cls, hp: Mapping[str, Any]) -> None:
+        super().check(hp)
+        check_number(cls.field("k"), hp["k"], 1, float("inf"), high_open=True, integer=True)
+        check_number(cls.field("delta"), hp["delta"], 0, float("inf"), low_open=True)
 
     def _step(self, state, noisy_batch, clean_batch):
         lr, (key,), state = self.begin(state, 1)

@@ -1,6 +1,9 @@
-"""Models: CIFAR ResNets (main model f_w) and the label-correction meta model g_alpha."""
+"""Models: CIFAR ResNets (main model f_w) and the label-correction meta model g_alpha.
 
-from ebomlc_jax.models.meta import BatchStatNorm, MetaNet
-from ebomlc_jax.models.resnet import CifarResNet, resnet32
+Plain flax modules; they import only flax and jax.
+"""
 
-__all__ = ["BatchStatNorm", "CifarResNet", "MetaNet", "resnet32"]
+from ebomlc_jax.models.meta import BatchStatNorm, MetaNet, meta_from_config
+from ebomlc_jax.models.resnet import CifarResNet, from_config, resnet32
+
+__all__ = ["BatchStatNorm", "CifarResNet", "MetaNet", "from_config", "meta_from_config", "resnet32"]

@@ -1,5 +1,7 @@
 """The label-correction network g_alpha(h(x), y) of the released EBOMLC code (REFERENCE_NOTES 2)."""
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,3 +92,15 @@ class MetaNet(nn.Module):
         if self.batch_norm:
             x = BatchStatNorm(axis_name=self.axis_name, name="bn")(x)
         return jax.nn.softmax(dense(self.num_classes, "fc3")(x), axis=-1)
+
+
+def meta_from_config(model_config: Any, num_classes: int, axis_name: str | None = None) -> MetaNet:
+    """The meta model of a run's `config.model` block (embedding, hidden width, dropout, BN)."""
+    return MetaNet(
+        num_classes,
+        model_config.meta_embed_dim,
+        model_config.meta_hidden_dim,
+        model_config.meta_dropout,
+        model_config.meta_batch_norm,
+        axis_name=axis_name,
+    )

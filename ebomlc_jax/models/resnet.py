@@ -1,13 +1,20 @@
-"""CIFAR ResNet (He et al. 2016, option-A shortcuts) returning logits and the pooled feature h."""
+"""CIFAR ResNet (He et al. 2016, option-A shortcuts) returning logits and the pooled feature h.
 
-from collections.abc import Sequence
+A plain flax module. Like flax's ImageNet ResNet it takes its convolution as a field (`conv`),
+and the function applied to each block's output (`block_output`, the identity by default), so
+a caller can swap in platform-specific versions (the run path passes `ebomlc_jax.cpu`'s on every
+platform; they are lax's convolution and the identity except on a CPU).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebomlc_jax.xla_cpu import conv_general_dilated, materialize
+ModuleDef = Any
 
 # Kaiming-normal, fan_in, gain sqrt(2), *untruncated* (PyTorch's kaiming_normal_, used by the
 # reference); flax's default he_normal is truncated.
@@ -24,9 +31,14 @@ def torch_linear_bias(fan_in: int):
     return init
 
 
-def conv3x3(features: int, strides: int, dtype, name: str) -> nn.Conv:
+def identity(x: jax.Array) -> jax.Array:
+    """The default `block_output`."""
+    return x
+
+
+def conv3x3(conv: ModuleDef, features: int, strides: int, dtype, name: str) -> nn.Module:
     """3x3 convolution without bias, Kaiming-normal weights (the reference's `conv3x3`)."""
-    return nn.Conv(
+    return conv(
         features,
         (3, 3),
         (strides, strides),
@@ -34,7 +46,6 @@ def conv3x3(features: int, strides: int, dtype, name: str) -> nn.Conv:
         use_bias=False,
         kernel_init=kaiming_normal,
         dtype=dtype,
-        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
@@ -108,19 +119,21 @@ class BasicBlock(nn.Module):
     strides: int
     dtype: jnp.dtype = jnp.float32
     bn_axis_name: str | None = None
+    conv: ModuleDef = nn.Conv
+    block_output: Callable[[jax.Array], jax.Array] = identity
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, segments=None) -> jax.Array:
-        y = conv3x3(self.features, self.strides, self.dtype, "conv1")(x)
+        y = conv3x3(self.conv, self.features, self.strides, self.dtype, "conv1")(x)
         y = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(y, segments=segments))
-        y = conv3x3(self.features, 1, self.dtype, "conv2")(y)
+        y = conv3x3(self.conv, self.features, 1, self.dtype, "conv2")(y)
         y = batch_norm(train, self.dtype, self.bn_axis_name, "bn2")(y, segments=segments)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
             shortcut = x[:, :: self.strides, :: self.strides, :]
             pad = self.features - x.shape[-1]
             shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
-        return materialize(nn.relu(y + shortcut))
+        return self.block_output(nn.relu(y + shortcut))
 
 
 class CifarResNet(nn.Module):
@@ -128,7 +141,9 @@ class CifarResNet(nn.Module):
 
     Returns `(logits [B, K], features [B, widths[-1]])`; any input size divisible by 4 works.
     `bn_axis_name` makes BatchNorm use global-batch statistics under pmap. `segments` (training
-    only) runs several batches, concatenated, in one pass with per-batch BN statistics.
+    only) runs several batches, concatenated, in one pass with per-batch BN statistics. `conv`
+    builds every convolution (flax's `nn.Conv` signature); `block_output` maps each residual
+    block's output (identity by default).
     """
 
     num_classes: int
@@ -136,18 +151,26 @@ class CifarResNet(nn.Module):
     widths: Sequence[int] = (16, 32, 64)
     dtype: jnp.dtype = jnp.float32
     bn_axis_name: str | None = None
+    conv: ModuleDef = nn.Conv
+    block_output: Callable[[jax.Array], jax.Array] = identity
 
     @nn.compact
     def __call__(
         self, x: jax.Array, train: bool = True, segments: tuple[int, ...] | None = None
     ) -> tuple[jax.Array, jax.Array]:
-        x = conv3x3(self.widths[0], 1, self.dtype, "conv")(x.astype(self.dtype))
+        x = conv3x3(self.conv, self.widths[0], 1, self.dtype, "conv")(x.astype(self.dtype))
         x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn")(x, segments=segments))
         for stage, width in enumerate(self.widths):
             for block in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = BasicBlock(
-                    width, strides, self.dtype, self.bn_axis_name, name=f"stage{stage}_block{block}"
+                    width,
+                    strides,
+                    self.dtype,
+                    self.bn_axis_name,
+                    self.conv,
+                    self.block_output,
+                    name=f"stage{stage}_block{block}",
                 )(x, train, segments)
         features = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
         logits = nn.Dense(
@@ -160,7 +183,27 @@ class CifarResNet(nn.Module):
 
 
 def resnet32(
-    num_classes: int, dtype: jnp.dtype = jnp.float32, bn_axis_name: str | None = None
+    num_classes: int,
+    dtype: jnp.dtype = jnp.float32,
+    bn_axis_name: str | None = None,
+    **fields: Any,
 ) -> CifarResNet:
-    """The paper's main model: ResNet-32, 16/32/64 channels, 5 blocks per stage."""
-    return CifarResNet(num_classes, 5, (16, 32, 64), dtype, bn_axis_name)
+    """The paper's main model: ResNet-32, 16/32/64 channels, 5 blocks per stage.
+
+    `fields` go to CifarResNet (e.g. `conv` and `block_output`, see `ebomlc_jax.cpu.prepare`).
+    """
+    return CifarResNet(num_classes, 5, (16, 32, 64), dtype, bn_axis_name, **fields)
+
+
+def from_config(
+    model_config: Any, num_classes: int, axis_name: str | None = None, **fields: Any
+) -> CifarResNet:
+    """The main model of a run's `config.model` block (blocks per stage, widths, dtype)."""
+    return CifarResNet(
+        num_classes,
+        model_config.blocks_per_stage,
+        tuple(model_config.widths),
+        jnp.dtype(model_config.dtype),
+        bn_axis_name=axis_name,
+        **fields,
+    )

@@ -1,7 +1,9 @@
 """XLA:CPU workarounds for convolutional nets: CPU only, faster there.
 
-1 and 2 give the same numbers (the digits demo ended bitwise where it did without them); 3 moves
-float32 rounding only. Other platforms get lax's convolution, no identity product, no flag.
+The run path hands `Conv` (1) and `materialize` (2) to the ResNet as its `conv` and
+`block_output` fields; the model itself never imports them. 1 and 2 give the same numbers (the
+digits demo ended bitwise where it did without them); 3 moves float32 rounding only. Other
+platforms get lax's convolution, no identity product, no flag.
 
 1. `conv_general_dilated`: a 2-D NHWC convolution whose derivatives XLA:CPU can run with its
 convolution library inside loops. XLA:CPU only maps a convolution onto its fast kernels when
@@ -20,12 +22,13 @@ in transposed (cache-hostile) order: 60% of a ResNet-32 step on 2 cores. `optimi
 is expanded before fusion, so it does not stop this; an identity matrix product does (dots are
 never fused into their consumers). `lax.platform_dependent` picks the branch when lowering.
 
-3. `set_cpu_flags`: XLA flags, set before JAX starts (run.py, the benchmarks and the tests call
-it). In jaxlib 0.10 XLA:CPU runs convolutions through YNNPACK on one thread: a ResNet-32
+3. `set_cpu_flags`: XLA flags, set before JAX starts (`ebomlc_jax.cpu.prepare_process` in the
+entry points, `ebomlc_jax.cpu.prepare` in library code, and the tests). In jaxlib 0.10 XLA:CPU
+runs convolutions through YNNPACK on one thread: a ResNet-32
 3x3 convolution of 200 images takes 10.8 ms on 2 cores and on 1, against 7.5 ms with XLA's
 Eigen convolutions, which use both. Handing convolutions back to Eigen made the CE step 29%
 faster (1.63 -> 1.15 s), and the gradients stay within float32 rounding of float64
-(`tests/test_xla_cpu.py`). Only through `XLA_FLAGS`: the same setting as a per-jit
+(`tests/test_cpu_xla.py`). Only through `XLA_FLAGS`: the same setting as a per-jit
 `compiler_options` compiled gradients 1e-3 off float64. Not set: the concurrency-optimized
 scheduler (another ~5%), because TensorFlow's XLA, also loaded here, aborts on that flag.
 
@@ -36,6 +39,7 @@ import importlib.metadata
 import os
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import logging
@@ -43,7 +47,7 @@ from jax import lax
 from jax._src import xla_bridge  # no public API tells whether JAX has started its backends
 from jax.custom_derivatives import SymbolicZero
 
-from ebomlc_jax.host import accelerator_plugins
+from ebomlc_jax.cpu import accelerator_plugins
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -96,6 +100,10 @@ def conv_general_dilated(
     # GPUs keep lax's rule: cuDNN has its own weight-gradient kernels (and our GPU timings were
     # taken with it). The branch is chosen when lowering; the compiled program has no conditional.
     return lax.platform_dependent(lhs, rhs, cpu=canonical, default=as_lax)
+
+
+# flax's convolution with the CPU-friendly derivatives (`CifarResNet(conv=Conv)`).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def _is_nhwc(ndim: int, dimension_numbers) -> bool:
@@ -204,6 +212,6 @@ def set_cpu_flags() -> bool:
         return True  # set before JAX started
     logging.warning(
         "XLA:CPU flags not set: JAX has already started. For fast CPU convolutions, call "
-        "ebomlc_jax.xla_cpu.set_cpu_flags() before the first JAX computation."
+        "ebomlc_jax.cpu.prepare() before the first JAX computation."
     )
     return False

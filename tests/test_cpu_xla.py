@@ -1,4 +1,4 @@
-"""XLA:CPU workarounds: lax's numbers exactly, canonical convolutions in scans, no recompute,
+"""ebomlc_jax.cpu.xla: lax's numbers exactly, canonical convolutions in scans, no recompute,
 and the XLA flags (Eigen convolutions) in effect and float32-accurate."""
 
 import os
@@ -11,8 +11,9 @@ import optax
 import pytest
 from jax import lax
 
-from ebomlc_jax import models, xla_cpu
-from ebomlc_jax.xla_cpu import conv_general_dilated, materialize
+from ebomlc_jax import cpu, models
+from ebomlc_jax.cpu import xla as xla_cpu
+from ebomlc_jax.cpu.xla import conv_general_dilated, materialize
 
 DN = ("NHWC", "HWIO", "NHWC")
 CANONICAL = "dim_labels=b01f_01io->b01f"
@@ -60,7 +61,7 @@ def test_other_layouts_fall_back_to_lax():
 
 def test_training_scan_compiles_to_canonical_convolutions_only():
     """In a `lax.scan`, XLA:CPU does not rewrite non-canonical convolutions (jax-ml/jax#12868)."""
-    model = models.CifarResNet(4, blocks_per_stage=1, widths=(4, 8))
+    model = models.CifarResNet(4, blocks_per_stage=1, widths=(4, 8), **cpu.resnet_fields())
     x, y = jnp.ones((4, 8, 8, 3)), jnp.arange(4) % 4
     v = model.init(jax.random.key(0), x, train=False)
 
@@ -90,8 +91,8 @@ def test_materialize_is_exact_in_value_and_gradient():
     np.testing.assert_array_equal(g, jnp.cos(x))
 
 
-def max_fusion_operands(blocks_per_stage: int) -> int:
-    model = models.CifarResNet(4, blocks_per_stage=blocks_per_stage, widths=(4, 8))
+def max_fusion_operands(blocks_per_stage: int, **fields) -> int:
+    model = models.CifarResNet(4, blocks_per_stage=blocks_per_stage, widths=(4, 8), **fields)
     x, y = jnp.ones((4, 8, 8, 3)), jnp.arange(4) % 4
     v = model.init(jax.random.key(0), x, train=False)
 
@@ -106,7 +107,10 @@ def max_fusion_operands(blocks_per_stage: int) -> int:
 
 def test_residual_stream_is_not_recomputed_in_deeper_nets():
     """Without `materialize`, fusions read every earlier block's outputs: width grows with depth."""
-    assert max_fusion_operands(4) == max_fusion_operands(2)
+    fields = cpu.resnet_fields()
+    assert max_fusion_operands(4, **fields) == max_fusion_operands(2, **fields)
+    # The plain model (identity block output) shows the recompute this guards against.
+    assert max_fusion_operands(4) > max_fusion_operands(2)
 
 
 def test_resnet_gradient_is_float32_accurate():
@@ -116,7 +120,7 @@ def test_resnet_gradient_is_float32_accurate():
     {"xla_cpu_experimental_ynn_fusion_type": ""})` made a ResNet-32 CE step 20% faster but these
     gradients 0.3% wrong (1.6% at depth 32), so it was not adopted.
     """
-    model = models.CifarResNet(10, blocks_per_stage=2, widths=(16, 32, 64))
+    model = models.CifarResNet(10, blocks_per_stage=2, widths=(16, 32, 64), **cpu.resnet_fields())
     x = jax.random.normal(jax.random.key(1), (64, 32, 32, 3))
     y = jnp.arange(64) % 10
     v = model.init(jax.random.key(0), x, train=False)
@@ -146,8 +150,8 @@ def test_cpu_flags_keep_the_users_values():
 
 
 def test_cpu_flags_took_effect_convolutions_run_outside_ynnpack():
-    """conftest sets them as run.py does; YNNPACK's convolutions use one of the 2 cores."""
-    if xla_cpu.accelerator_plugins():
+    """conftest sets them as the entry points do; YNNPACK's convolutions use one of the 2 cores."""
+    if cpu.accelerator_plugins():
         pytest.skip("a GPU/TPU plugin is installed: set_cpu_flags leaves XLA_FLAGS alone")
     assert xla_cpu.set_cpu_flags()  # JAX has started: True means XLA_FLAGS had them before
     x, w = jnp.ones((32, 16, 16, 16)), jnp.ones((3, 3, 16, 16))  # YNNPACK takes convs this big

@@ -1,27 +1,66 @@
-"""Process-level facts and settings that need no JAX: accelerator plugins, glibc huge pages.
+"""The CPU backend: XLA:CPU workarounds for the models (`xla`) and process preparation (here).
+
+Entry points (run.py, the benchmarks) call `prepare_process()` once, first; library code on a
+CPU calls `prepare()` once before JAX's first computation and builds its ResNet with the fields it
+returns. GPU and TPU users call neither. The models never import this package: the run path
+passes `resnet_fields()` to them.
+
+This file imports no JAX, so that an entry point restarts (below) before JAX loads.
 
 Huge pages: XLA:CPU's Eigen convolutions allocate a packed copy of their input on each call
 (118 MB for a ResNet-32 3x3 layer over 200 32x32 images, 59 MB in the second stage). glibc
 gives the thread-pool threads allocations that large as a fresh mmap and unmaps it when it is
-freed, so every call faults its pages in again, 4 KiB at a time: about 200,000 page faults per
-jitted ResNet-32 step, a fifth of its CPU time (perf, 2 cores). With the tunable
-glibc.malloc.hugetlb=1 glibc asks for transparent huge pages on such mappings (where the
-kernel's THP mode is `madvise`), 512 times fewer faults. Only where memory comes from changes,
-never a number. glibc reads its tunables when a process starts, so the entry points (run.py,
-the benchmarks) restart themselves once with it set; other code sets GLIBC_TUNABLES itself.
+freed, so every call faults its pages in again, 4 KiB at a time: about a fifth of a jitted
+ResNet-32 step's CPU time. With the tunable glibc.malloc.hugetlb=1 glibc asks for transparent
+huge pages on such mappings (where the kernel's THP mode is `madvise`), 512 times fewer faults.
+Only where memory comes from changes, never a number. glibc reads its tunables when a process
+starts, so entry points restart themselves once with it set (`reexec_with_huge_pages`).
 """
+
+from __future__ import annotations
 
 import functools
 import importlib.metadata
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from absl import logging
 
 ACCELERATOR_PACKAGES = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
 HUGETLB = "glibc.malloc.hugetlb"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def prepare_process(cpu_flags: bool = True) -> None:
+    """For entry points, before anything else: restart with huge pages, then set the XLA:CPU
+    flags (unless `cpu_flags` is False: a benchmark's 'before' measurement)."""
+    reexec_with_huge_pages()
+    if cpu_flags:
+        set_cpu_flags()
+
+
+def prepare() -> dict[str, Any]:
+    """For library code on a CPU, before JAX's first computation: set the XLA:CPU flags and
+    return the ResNet fields that make it fast there (`models.resnet32(10, **cpu.prepare())`)."""
+    set_cpu_flags()
+    return resnet_fields()
+
+
+def resnet_fields() -> dict[str, Any]:
+    """`conv` and `block_output` for `models.CifarResNet`: XLA:CPU's fast paths on a CPU, lax's
+    convolution and the identity elsewhere (chosen per platform when a program is lowered)."""
+    from ebomlc_jax.cpu import xla
+
+    return {"conv": xla.Conv, "block_output": xla.materialize}
+
+
+def set_cpu_flags() -> bool:
+    """Add the XLA:CPU flags to `XLA_FLAGS` before JAX starts; True if they now apply."""
+    from ebomlc_jax.cpu import xla
+
+    return xla.set_cpu_flags()
 
 
 @functools.cache  # scanning every installed package takes ~40 ms; asked twice per process
@@ -75,8 +114,8 @@ def huge_page_tunables(
 def reexec_with_huge_pages() -> None:
     """Restart this Python process with glibc.malloc.hugetlb=1 when `huge_page_tunables` says so.
 
-    For entry points only (`if __name__ == "__main__"`): the process image is replaced (same
-    PID, same arguments), so call it before anything worth keeping has happened.
+    For entry points only: the process image is replaced (same PID, same arguments), so call it
+    before anything worth keeping has happened.
     """
     value = huge_page_tunables(os.environ, thp_mode(), glibc_version(), accelerator_plugins())
     if value is None:
