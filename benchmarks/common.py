@@ -62,6 +62,18 @@ METHODS = {
     "ebomlc-reference": ("ebomlc", {"variant": "reference", "q_as_optimizer_delta": "K != 10"}),
     "mlc": ("mlc", {}),
     "mlc_d": ("mlc_d", {"k": 5, "delta": 0.5}),
+    "glc": ("glc", {}),  # phase 1: CE on the noisy batch
+    "glc-phase2": ("glc", {}),  # phase 2: forward correction + the clean batch, two passes
+    "l2rw": ("l2rw", {}),
+    "mwnet": ("mwnet", {}),
+    "pmwnet": ("pmwnet", {}),
+    "coteaching_plus": ("coteaching_plus", {"forget_rate": 0.4}),  # the data's 40% noise
+    "dividemix": ("dividemix", {}),  # after warm-up: MixMatch on both networks
+}
+# Where a method's timed steps start, when its step depends on the phase of training.
+START_STEP = {
+    "glc-phase2": lambda m: m.boundary,
+    "dividemix": lambda m: m.warmup_epochs * m.steps_per_epoch,
 }
 
 
@@ -74,7 +86,7 @@ def make_method(
     depth: int = 32,
 ) -> methods.Method:
     """ResNet-32 (or another `depth` of it) + meta model with the paper's optimisers for one of
-    METHODS."""
+    METHODS, for CIFAR's shape (|D'| = 49,000, augmentation padding 4)."""
     name, kw = METHODS[key]
     kw = {k: num_classes != 10 if v == "K != 10" else v for k, v in kw.items()}
     schedule = optax.piecewise_constant_schedule(
@@ -87,8 +99,17 @@ def make_method(
         ).clone(blocks_per_stage=(depth - 2) // 6),
         meta_model=models.MetaNet(num_classes) if methods.get(name).uses_meta else None,
         lr_schedule=schedule,
+        num_noisy=steps_per_epoch * 100,
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=epochs,
+        augment_pad=4,
         **kw,
     )
+
+
+def start_step(key: str, method: methods.Method) -> int:
+    """The step counter a timed state starts from (0 unless the method's phase needs another)."""
+    return START_STEP[key](method) if key in START_STEP else 0
 
 
 def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:

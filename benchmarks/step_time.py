@@ -31,6 +31,7 @@ def batches(num_classes: int, seed: int = 0):
         "image": jax.random.normal(k[0], (100, 32, 32, 3)),
         "label": jax.random.randint(k[1], (100,), 0, num_classes),
         "true_label": jax.random.randint(k[2], (100,), 0, num_classes),
+        "index": jnp.arange(100, dtype=jnp.int32),
     }
     clean = {
         "image": jax.random.normal(k[3], (100, 32, 32, 3)),
@@ -46,6 +47,7 @@ def prepare(
     method = common.make_method(key, num_classes, dtype=dtype, depth=depth)
     noisy, clean = batches(num_classes)
     state = method.init(jax.random.key(0), noisy["image"][:1])
+    state["step"] = jnp.asarray(common.start_step(key, method), jnp.int32)
     step = jax.jit(method.step, donate_argnums=0)
     t = time.perf_counter()
     compiled = step.lower(state, noisy, clean).compile()

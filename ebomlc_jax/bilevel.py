@@ -1,7 +1,7 @@
 """The math of EBOMLC (Eq. 2-14), MLC-D (Algorithm 1) and MLC's one-step hypergradient.
 
 Pure and model-agnostic: models enter as functions, nothing reads config or global state, and
-everything is jit-able. Public contract (DESIGN.md):
+everything is jit-able. Public contract (docs/design.md):
 
     main_fn(main_params, images) -> (logits [B, K], features [B, D])
     meta_fn(meta_params, features, labels) -> probabilities [B, K]
@@ -58,10 +58,15 @@ def sgd_step(params: PyTree, grads: PyTree, lr: jax.Array | float) -> PyTree:
 
 
 # ----------------------------------------------------------------------------- losses
+def cross_entropies(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Hard-label cross-entropy of each example, [B] (in float32 or wider)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.result_type(logits, jnp.float32)))
+    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean hard-label cross-entropy (Eq. 2 per batch)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.result_type(logits, jnp.float32)))
-    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+    return jnp.mean(cross_entropies(logits, labels))
 
 
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -103,9 +108,9 @@ def lower_objective(
 ) -> Objective:
     """G of Eq. 3 on `batch`; with `clean_batch`, its hard-label CE is mixed in by batch size.
 
-    The mixed form is the released code's lower loss (REFERENCE_NOTES 4.6). aux: the side
-    output of the pass over `batch` ("apply") and the meta model's soft labels ("targets").
-    With `joint`, both batches go through the network in one pass instead of two.
+    The mixed form is the released code's lower loss (docs/reference_notes.md, section 4, item
+    6). aux: the side output of the pass over `batch` ("apply") and the meta model's soft labels
+    ("targets"). With `joint`, both batches go through the network in one pass instead of two.
     """
 
     def objective(main_params: PyTree, meta_params: PyTree) -> tuple[jax.Array, Any]:

@@ -41,9 +41,9 @@ class TableCE(common.Method):
         return "noisy" if epoch >= 1 else None
 
     def per_example(self, state, batch):
-        logits = self.predict(state, batch["image"])
-        logp = jax.nn.log_softmax(logits)
-        return {"loss": -jnp.take_along_axis(logp, batch["label"][:, None], -1)[:, 0]}
+        return {
+            "loss": bilevel.cross_entropies(self.predict(state, batch["image"]), batch["label"])
+        }
 
     def begin_epoch(self, state, epoch, outputs):
         return {**state, "losses": outputs["loss"]}

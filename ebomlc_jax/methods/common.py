@@ -17,7 +17,8 @@ Configuration
 - `from_config(config, main_model=..., num_classes=..., steps_per_epoch=..., axis_name=...,
   num_noisy=...)` builds it: the shared optimiser settings come from `config.optim`, the meta
   model (when `uses_meta`) from `config.model`, the run's shape (|D'|, steps per epoch, epochs)
-  into `num_noisy`, `steps_per_epoch` and `num_epochs`, anything else from its own block.
+  into `num_noisy`, `steps_per_epoch` and `num_epochs`, the batches' augmentation (`data.augment`,
+  `data.augment_pad`) into `augment_pad`, anything else from its own block.
 
 What it needs, declared
 - `uses_meta`: it trains the label-correction meta model g(h(x), y) (`meta_model`); evaluation
@@ -213,6 +214,9 @@ class Method:
     num_noisy: int = 0  # |D'|
     steps_per_epoch: int = 0
     num_epochs: int = 0
+    # The run's training augmentation, for methods that augment extra views inside a step:
+    # data.augment_pad when data.augment, else None (the batches are not augmented).
+    augment_pad: int | None = None
 
     name: ClassVar[str] = ""  # set by registry.register
     uses_meta: ClassVar[bool] = False
@@ -279,6 +283,7 @@ class Method:
             num_noisy=num_noisy,
             steps_per_epoch=steps_per_epoch,
             num_epochs=config.num_epochs,
+            augment_pad=config.data.augment_pad if config.data.augment else None,
             **cls.hyperparameters(config),
         )
 
