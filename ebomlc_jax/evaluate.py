@@ -6,9 +6,11 @@ and the per-example pass over a whole set that methods' epoch hooks read.
 - accuracy and Eq. 2 loss of the prediction on the clean set D (the released code picks the
   reported epoch by accuracy on clean-labelled training images);
 - for methods with a meta model: its label-correction accuracy on the noisy set D' against the
-  true labels, and its confusion matrix (rows: true label, columns: argmax of g(h(x'), y')).
-  Dropout is off; the meta model's BatchNorm uses each evaluation batch's statistics (it keeps
-  no running averages).
+  true labels, and its confusion matrix (rows: true label, columns: argmax of g(h(x'), y')),
+  also apart for the examples whose given label y' is wrong and right; how many argmaxes
+  differ from y' and how many of those are the true label; and from these the diagnostics that
+  tell correcting from copying y' (`analysis.runs.meta_diagnostics`). Dropout is off; the meta
+  model's BatchNorm uses each evaluation batch's statistics (it keeps no running averages).
 
 Sets are cut into batches by `index_batches` (in order, the last batch filled by wrapping and
 masked) and summed in one compiled `lax.scan` per set.
@@ -23,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebomlc_jax import bilevel
+from ebomlc_jax.analysis.runs import meta_diagnostics
 from ebomlc_jax.data import device as dd
 from ebomlc_jax.data.sources import normalize
 from ebomlc_jax.methods import Method
@@ -88,8 +92,13 @@ class Evaluator:
             "clean": (self._clean_sums, *index_batches(data.num_clean, b)),
         }
         if meta_correction and method.uses_meta:
-            self.kinds["noisy"] = (self._confusion, *index_batches(data.num_noisy, b))
+            self.kinds["noisy"] = (self._corrections, *index_batches(data.num_noisy, b))
         self._scan = jax.jit(data.over_seeds(self._scan_all, (0, None, 0, None)))
+
+    def compile(self, state: PyTree) -> None:
+        """Compile the evaluation of states like `state` now."""
+        d = self.data
+        self._scan = self._scan.lower(state, d.shared, d.per_seed, d.test).compile()
 
     # -- per-batch sums: (state, shared, per_seed, test, indices, mask) -> arrays
     def _classify(self, state, images, labels, mask, heads=False):
@@ -99,7 +108,7 @@ class Evaluator:
             logits.update(self.method.extra_predictions(state, x))
         sums = {}
         for name, z in logits.items():
-            nll = -jnp.take_along_axis(jax.nn.log_softmax(z), labels[:, None], axis=-1)[:, 0]
+            nll = bilevel.cross_entropies(z, labels)
             hits = jnp.argmax(z, axis=-1) == labels
             sums[name] = jnp.stack([jnp.sum(hits * mask), jnp.sum(nll * mask)])
         return sums
@@ -111,12 +120,22 @@ class Evaluator:
         images = jnp.take(shared["images"], per_seed["clean_index"][i], axis=0)
         return self._classify(state, images, per_seed["clean_label"][i], m)
 
-    def _confusion(self, state, shared, per_seed, test, i, m):
+    def _corrections(self, state, shared, per_seed, test, i, m):
+        """Confusions of the mislabelled / correctly labelled rows, changed and changed-to-true
+        counts; masked (wrapped) rows count nowhere."""
         batch = set_batch(shared, per_seed, "noisy", i)
-        probs = self.method.correct_labels(state, batch["image"], batch["label"])
-        pred = jax.nn.one_hot(jnp.argmax(probs, -1), self.data.num_classes)
-        true = jax.nn.one_hot(batch["true_label"], self.data.num_classes)
-        return (true * m[:, None]).T @ pred
+        given, true = batch["label"], batch["true_label"]
+        pred = jnp.argmax(self.method.correct_labels(state, batch["image"], given), -1)
+        k = self.data.num_classes
+        one_hot_pred, one_hot_true = jax.nn.one_hot(pred, k), jax.nn.one_hot(true, k)
+        wrong = given != true
+        changed = m & (pred != given)
+        return {
+            "mislabelled": (one_hot_true * (m & wrong)[:, None]).T @ one_hot_pred,
+            "correct": (one_hot_true * (m & ~wrong)[:, None]).T @ one_hot_pred,
+            "changed": jnp.sum(changed, dtype=jnp.int32),
+            "changed_to_true": jnp.sum(changed & (pred == true), dtype=jnp.int32),
+        }
 
     def _scan_all(self, state, shared, per_seed, test):
         out = {}
@@ -130,7 +149,12 @@ class Evaluator:
         return out
 
     def __call__(self, state: PyTree) -> dict[str, np.ndarray]:
-        """Evaluation scalars (and the confusion counts); leading seed axis with several seeds."""
+        """Evaluation scalars (and the confusion counts); leading seed axis with several seeds.
+
+        With a meta model: `meta_confusion` (all of D'), `meta_confusion_mislabelled` and
+        `meta_confusion_correct` (K x K counts), `meta_changed`, `meta_changed_to_true`, and
+        `meta_correction_accuracy` with the four `analysis.runs.DIAGNOSTICS`.
+        """
         d = self.data
         sums = jax.device_get(self._scan(state, d.shared, d.per_seed, d.test))
         count = {k: v[2].sum() for k, v in self.kinds.items()}
@@ -143,8 +167,22 @@ class Evaluator:
             if name:
                 out[f"test_accuracy_{name}"] = head[..., 0] / count["test"]
         if "noisy" in sums:
+            noisy = sums["noisy"]
+            confusion = noisy["mislabelled"] + noisy["correct"]
             out["meta_correction_accuracy"] = (
-                np.trace(sums["noisy"], axis1=-2, axis2=-1) / count["noisy"]
+                np.trace(confusion, axis1=-2, axis2=-1) / count["noisy"]
             )
-            out["meta_confusion"] = sums["noisy"]
+            out["meta_confusion"] = confusion
+            out["meta_confusion_mislabelled"] = noisy["mislabelled"]
+            out["meta_confusion_correct"] = noisy["correct"]
+            out["meta_changed"] = noisy["changed"]
+            out["meta_changed_to_true"] = noisy["changed_to_true"]
+            out.update(
+                meta_diagnostics(
+                    noisy["mislabelled"],
+                    noisy["correct"],
+                    noisy["changed"],
+                    noisy["changed_to_true"],
+                )
+            )
         return out

@@ -1,4 +1,9 @@
-"""Run logs: JSON lines + TensorBoard events through clu writers, a progress line, a summary."""
+"""Run logs without TensorFlow: JSON lines and TensorBoard events, progress lines, the summary.
+
+TensorBoard event files come from tensorboardX (numpy and protobuf only): clu's writers and
+`clu.periodic_actions` import TensorFlow, which a digits run never needs. On several hosts only
+process 0 writes (the others get a `NullWriter`), as clu's `create_default_writer` does.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,20 @@ import math
 import pathlib
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from clu import metric_writers
 
 
-class JsonlWriter(metric_writers.MetricWriter):
+class MetricWriter(Protocol):
+    """What the training loop writes scalars through."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
     """Scalars as one JSON object per line: `{"step": s, "<name>": value, ...}`.
 
     Appends, so a resumed run continues the same file; readers take the last line for a
@@ -23,37 +35,66 @@ class JsonlWriter(metric_writers.MetricWriter):
     def __init__(self, path: str | pathlib.Path):
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- closed in close()
 
-    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         row = {"step": int(step), **{k: _number(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
-    def flush(self):
+    def flush(self) -> None:
         self._file.flush()
 
-    def close(self):
+    def close(self) -> None:
         self._file.close()
 
-    # Only scalars go to the JSON log; the rest goes to TensorBoard.
-    def write_summaries(self, step, values, metadata=None):
+
+class TensorBoardWriter:
+    """Scalars as TensorBoard event files (tensorboardX)."""
+
+    def __init__(self, logdir: str | pathlib.Path):
+        from tensorboardX import SummaryWriter  # loads protobuf: only when a run writes
+
+        self._writer = SummaryWriter(str(logdir))
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        for name, value in scalars.items():
+            self._writer.add_scalar(name, _number(value), int(step))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class MultiWriter:
+    """Writes to each of several writers."""
+
+    def __init__(self, writers: list[MetricWriter]):
+        self._writers = writers
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        for w in self._writers:
+            w.write_scalars(step, scalars)
+
+    def flush(self) -> None:
+        for w in self._writers:
+            w.flush()
+
+    def close(self) -> None:
+        for w in self._writers:
+            w.close()
+
+
+class NullWriter:
+    """Writes nothing (processes other than 0 of a multi-host run)."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         pass
 
-    def write_images(self, step, images):
+    def flush(self) -> None:
         pass
 
-    def write_videos(self, step, videos):
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate):
-        pass
-
-    def write_texts(self, step, texts):
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None):
-        pass
-
-    def write_hparams(self, hparams):
+    def close(self) -> None:
         pass
 
 
@@ -62,13 +103,15 @@ def _number(v) -> float | int:
     return v if isinstance(v, int) else float(v)
 
 
-def make_writer(run_dir: pathlib.Path) -> metric_writers.MetricWriter:
-    """JSON lines (`metrics.jsonl`) + TensorBoard events (`tensorboard/`) for one run directory."""
+def make_writer(run_dir: pathlib.Path, writes: bool = True) -> MetricWriter:
+    """JSON lines (`metrics.jsonl`) + TensorBoard events (`tensorboard/`) for one run directory;
+    a NullWriter when this process does not write (`writes=False`)."""
+    if not writes:
+        return NullWriter()
     run_dir.mkdir(parents=True, exist_ok=True)
-    tensorboard = metric_writers.create_default_writer(
-        run_dir / "tensorboard", just_logging=False, asynchronous=True
+    return MultiWriter(
+        [JsonlWriter(run_dir / "metrics.jsonl"), TensorBoardWriter(run_dir / "tensorboard")]
     )
-    return metric_writers.MultiWriter([JsonlWriter(run_dir / "metrics.jsonl"), tensorboard])
 
 
 def format_duration(seconds: float) -> str:
@@ -80,20 +123,37 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """One progress line per epoch: steps/s over the run, ETA, latest losses and accuracies."""
+    """Progress lines: steps/s and ETA measured from the first report after compilation.
 
-    def __init__(self, total_steps: int, start_step: int):
-        self.total, self.start_step, self.start = total_steps, start_step, time.time()
+    `report(step, values)` comes from inside an epoch (a callback of the compiled epoch, every
+    `log_every_steps`) or at an epoch's end; the rate is taken between reports, so the time a
+    run spends compiling before its first report never enters the ETA.
+    """
 
-    def line(self, epoch: int, num_epochs: int, step: int, values: Mapping[str, float]) -> str:
-        elapsed = time.time() - self.start
-        rate = (step - self.start_step) / elapsed if elapsed > 0 else float("nan")
+    def __init__(self, total_steps: int, num_epochs: int, steps_per_epoch: int):
+        self.total, self.num_epochs, self.spe = total_steps, num_epochs, steps_per_epoch
+        self._first: tuple[float, int] | None = None  # (time, step) of the first report
+        self._last_step = -1
+
+    def report(self, step: int, values: Mapping[str, float], end_of_epoch: bool = False) -> str:
+        """The line for `step` (1-based, as logged); prints nothing itself."""
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, step)
+        start_time, start_step = self._first
+        rate = (step - start_step) / (now - start_time) if step > start_step else float("nan")
         eta = (self.total - step) / rate if rate > 0 else float("nan")
+        self._last_step = step
+        epoch = -(-step // self.spe)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-        return (
-            f"epoch {epoch}/{num_epochs}  step {step}/{self.total}  {rate:.1f} steps/s  "
-            f"ETA {format_duration(eta)}  |  {shown}"
-        )
+        where = f"epoch {epoch}/{self.num_epochs}" + ("" if end_of_epoch else " ...")
+        speed = f"{rate:.1f} steps/s" if math.isfinite(rate) else "- steps/s"
+        return f"{where}  step {step}/{self.total}  {speed}  ETA {format_duration(eta)}  |  {shown}"
+
+
+def _percent(value: float | None) -> str:
+    """A fraction as a percentage; n/a where it is undefined (None)."""
+    return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
 def summary_screen(summary: Mapping[str, Any]) -> str:
@@ -120,6 +180,22 @@ def summary_screen(summary: Mapping[str, Any]) -> str:
         rows.append(
             ("meta correction (D')", f"{100 * summary['final_meta_correction_accuracy']:.2f}%")
         )
+    if summary.get("final_meta_change_rate") is not None:  # runs of older versions lack them
+        rows += [
+            (
+                "meta on mislabelled",
+                f"{_percent(summary['final_meta_accuracy_on_mislabelled'])} corrected",
+            ),
+            (
+                "meta on correct labels",
+                f"{_percent(summary['final_meta_accuracy_on_correct'])} kept",
+            ),
+            (
+                "meta changes",
+                f"{_percent(summary['final_meta_change_rate'])} of D', "
+                f"{_percent(summary['final_meta_change_precision'])} of them to the true label",
+            ),
+        ]
     rows += [
         (
             "wall time",

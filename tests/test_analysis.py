@@ -43,11 +43,15 @@ def write_run(
     best=None,
     wall=100.0,
     counts=None,
+    history=None,
     summary=True,
     resume=False,
     steps_per_epoch=10,
 ):
-    """A run directory in train.py's format; with `resume`, epoch 2 onwards is logged twice."""
+    """A run directory in train.py's format; with `resume`, epoch 2 onwards is logged twice.
+
+    `history`: the lines of meta_confusion_history.jsonl (see history_line), written as given.
+    """
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     meta = method != "ce"
@@ -92,7 +96,42 @@ def write_run(
         (path / "meta_confusion.json").write_text(
             json.dumps({"epoch": len(accs), "num_classes": len(counts), "counts": counts.tolist()})
         )
+    if history is not None:
+        (path / "meta_confusion_history.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in history)
+        )
     return path
+
+
+def history_line(epoch, mislabelled, correct, changed, changed_to_true):
+    """One line of meta_confusion_history.jsonl, as train.py writes it."""
+    mislabelled, correct = np.asarray(mislabelled), np.asarray(correct)
+    return {
+        "epoch": epoch,
+        "num_classes": len(mislabelled),
+        "mislabelled": mislabelled.tolist(),
+        "correct": correct.tolist(),
+        "changed": changed,
+        "changed_to_true": changed_to_true,
+    }
+
+
+# Three classes, three epochs: a copier (epoch 1), then a meta model that starts to correct.
+# Epoch 2: of 6 mislabelled examples, 2 corrected (diagonal), 4 left (changed 1 of them to a third
+# wrong class, kept the given label on 3); of 10 correct ones, 8 kept, 2 changed: changed = 1 + 2
+# + 2 corrected = 5, changed_to_true = 2.
+HISTORY_COUNTS = [
+    (1, [[0, 2, 0], [1, 0, 1], [1, 1, 0]], np.diag([4, 3, 3]), 0, 0),
+    (2, [[1, 1, 0], [1, 0, 1], [0, 1, 1]], [[3, 1, 0], [0, 2, 1], [0, 0, 3]], 5, 2),
+    (3, [[2, 0, 0], [0, 2, 0], [0, 1, 1]], [[4, 0, 0], [0, 3, 0], [0, 1, 2]], 6, 5),
+]
+HISTORY = [history_line(*row) for row in HISTORY_COUNTS]
+EXPECTED_DIAGNOSTICS = {  # by hand from HISTORY_COUNTS
+    "meta_accuracy_on_mislabelled": [0 / 6, 2 / 6, 5 / 6],
+    "meta_accuracy_on_correct": [10 / 10, 8 / 10, 9 / 10],
+    "meta_change_rate": [0 / 16, 5 / 16, 6 / 16],
+    "meta_change_precision": [0.0, 2 / 5, 5 / 6],  # 0 when nothing changed
+}
 
 
 def test_load_run_epochs_and_last_duplicate_wins(tmp_path):
@@ -185,15 +224,102 @@ def test_heatmap_without_confusion_raises(tmp_path):
         figures.correction_heatmap(run, tmp_path / "h.png")
 
 
+def test_meta_diagnostics_conventions_and_leading_axes():
+    copier = runs.meta_diagnostics(
+        np.array([[0, 3], [2, 0]]), np.diag([5, 4]), changed=0, changed_to_true=0
+    )
+    assert {k: float(v) for k, v in copier.items()} == {
+        "meta_accuracy_on_mislabelled": 0.0,
+        "meta_accuracy_on_correct": 1.0,
+        "meta_change_rate": 0.0,
+        "meta_change_precision": 0.0,
+    }
+    # Noise rate 0: no mislabelled example, so that accuracy is undefined (NaN), not 0.
+    clean = runs.meta_diagnostics(np.zeros((2, 2)), [[3, 1], [0, 4]], 1, 0)
+    assert np.isnan(clean["meta_accuracy_on_mislabelled"])
+    assert clean["meta_accuracy_on_correct"] == 7 / 8 and clean["meta_change_rate"] == 1 / 8
+    assert clean["meta_change_precision"] == 0.0
+    # Leading axes (epochs, seeds) are kept.
+    stacked = runs.meta_diagnostics(
+        np.stack([np.eye(2), [[0, 1], [1, 0]]]), np.stack([np.eye(2)] * 2), [2, 2], [2, 0]
+    )
+    np.testing.assert_allclose(stacked["meta_accuracy_on_mislabelled"], [1.0, 0.0])
+    np.testing.assert_allclose(stacked["meta_change_precision"], [1.0, 0.0])
+
+
+def test_confusion_history_last_line_of_an_epoch_wins(tmp_path):
+    # A resume redid epochs 2-3: their first lines (all zeros but one) are superseded.
+    stale = [history_line(e, np.eye(3), np.eye(3), 1, 1) for e in (2, 3)]
+    path = write_run(tmp_path / "r", history=[HISTORY[0], *stale, *HISTORY[1:]])
+    history = runs.load_run(path).confusion_history
+    np.testing.assert_array_equal(history.epochs, [1, 2, 3])
+    assert history.mislabelled.shape == history.correct.shape == (3, 3, 3)
+    np.testing.assert_array_equal(history.mislabelled[1], HISTORY_COUNTS[1][1])
+    np.testing.assert_array_equal(history.correct[2], HISTORY_COUNTS[2][2])
+    np.testing.assert_array_equal(history.changed, [0, 5, 6])
+    np.testing.assert_array_equal(history.changed_to_true, [0, 2, 5])
+    for key, want in EXPECTED_DIAGNOSTICS.items():
+        np.testing.assert_allclose(history.diagnostics()[key], want, err_msg=key)
+    assert runs.load_run(write_run(tmp_path / "none")).confusion_history is None
+
+
+def test_confusion_history_cut_and_bad_lines(tmp_path):
+    path = write_run(tmp_path / "r", history=HISTORY[:2])
+    with open(path / "meta_confusion_history.jsonl", "a") as f:
+        f.write('{"epoch": 3, "num_classes": 3, "misla')
+    with pytest.warns(UserWarning, match=r"history\.jsonl:3: skipping a truncated last line"):
+        np.testing.assert_array_equal(runs.load_run(path).confusion_history.epochs, [1, 2])
+    bad = dict(HISTORY[1], correct=[[1, 2], [3, 4]])
+    write_run(path, history=[HISTORY[0], bad])
+    with pytest.raises(ValueError, match=r"history\.jsonl:2: counts have shape \(2, 2\)"):
+        runs.load_run(path)
+    write_run(path, history=[HISTORY[0], dict(HISTORY[1], changed=-1)])
+    with pytest.raises(ValueError, match=r"history\.jsonl:2: .*must be counts"):
+        runs.load_run(path)
+    write_run(path, history=[{k: v for k, v in HISTORY[0].items() if k != "changed"}])
+    with pytest.raises(
+        ValueError, match=r"history\.jsonl:1: malformed line, missing \['changed'\]"
+    ):
+        runs.load_run(path)
+
+
+def test_group_heatmaps_and_diagnostics_figure(tmp_path):
+    a = runs.load_run(write_run(tmp_path / "a", history=HISTORY))
+    b = runs.load_run(write_run(tmp_path / "b", seed=1, history=HISTORY[:2]))
+    mislabelled, correct = figures.group_heatmaps(a, tmp_path / "g.png")  # the last epoch
+    np.testing.assert_allclose(mislabelled, [[1, 0, 0], [0, 1, 0], [0, 0.5, 0.5]])
+    np.testing.assert_allclose(correct, [[1, 0, 0], [0, 1, 0], [0, 1 / 3, 2 / 3]])
+    image = mpimg.imread(tmp_path / "g.png")
+    assert image.shape[1] > 1.5 * image.shape[0] and image.std() > 0  # two panels side by side
+
+    ce = runs.load_run(write_run(tmp_path / "ce", method="ce", variant=None))
+    drawn = figures.diagnostics_figure([a, ce, b], tmp_path / "d.png")
+    assert len(drawn) == 2  # a and b; ce has no meta model
+    (epochs_a, values_a), (epochs_b, values_b) = drawn
+    np.testing.assert_array_equal(epochs_a, [1, 2, 3])
+    np.testing.assert_array_equal(epochs_b, [1, 2])
+    for key, want in EXPECTED_DIAGNOSTICS.items():
+        np.testing.assert_allclose(values_a[key], want, err_msg=key)
+        np.testing.assert_allclose(values_b[key], want[:2], err_msg=key)
+    assert mpimg.imread(tmp_path / "d.png").shape[0] > 300
+    with pytest.raises(ValueError, match="no meta_confusion_history.jsonl"):
+        figures.group_heatmaps(ce, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no run has a meta_confusion_history.jsonl"):
+        figures.diagnostics_figure([ce], tmp_path / "x.png")
+
+
 def test_figures_cli_writes_readable_pngs(tmp_path, capsys):
     a = write_run(tmp_path / "a", counts=np.eye(10) * 9 + 1)
     k100 = np.ones((100, 100))
-    write_run(tmp_path / "b" / "seed_0", method="mlc_d", variant=None, counts=k100)
+    write_run(tmp_path / "b" / "seed_0", method="mlc_d", variant=None, counts=k100, history=[
+        history_line(e, k100 - np.eye(100), 3 * np.eye(100), 9900, 100) for e in (1, 2, 3)
+    ])  # fmt: skip
     ce = write_run(tmp_path / "c", method="ce", variant=None)
     assert figures.main([str(a), str(tmp_path / "b"), str(ce), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out.split()
-    expected = ["curves.png", "heatmap_ebomlc_paper_uniform-0.4_seed_0.png",
-                "heatmap_mlc_d_uniform-0.4_seed_0.png"]  # fmt: skip
+    expected = ["curves.png", "meta_diagnostics.png", "heatmap_ebomlc_paper_uniform-0.4_seed_0.png",
+                "heatmap_mlc_d_uniform-0.4_seed_0.png",
+                "heatmap_groups_mlc_d_uniform-0.4_seed_0.png"]  # fmt: skip
     assert printed == [str(tmp_path / "out" / name) for name in expected]
     for path in printed:
         image = mpimg.imread(path)

@@ -1,4 +1,6 @@
-"""The paper's figures from run directories: training curves (Fig. 1/4/5), heatmaps (Fig. 2/6).
+"""The paper's figures from run directories: training curves (Fig. 1/4/5), heatmaps (Fig. 2/6);
+and whether the meta model corrects labels or copies them: its confusion on the mislabelled and
+the correctly labelled examples of D' apart, and its diagnostics over the epochs.
 
 python -m ebomlc_jax.analysis.figures RUN_DIR [RUN_DIR ...] [--out DIR]
 """
@@ -76,16 +78,12 @@ def row_normalise(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
-def correction_heatmap(run: runs_lib.Run, out_path: str | pathlib.Path) -> np.ndarray:
-    """PNG of the row-normalised meta-model confusion on D' (Fig. 2/6); returns that matrix."""
-    if run.confusion is None:
-        raise ValueError(f"{run.path}: no {runs_lib.CONFUSION} (the method has no meta model?)")
-    normalised = row_normalise(run.confusion)
+def _draw_heatmap(fig: Figure, ax, normalised: np.ndarray, colorbar: bool = True) -> None:
+    """Row-normalised counts as a heatmap: rows true label, columns the meta model's label."""
     k = normalised.shape[0]
-    fig = _new_figure(7.0, 6.0) if k <= 10 else _new_figure(9.0, 8.0)
-    ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    if colorbar:
+        fig.colorbar(image, ax=ax, label="fraction of the true class")
     if k <= 10:
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
@@ -97,12 +95,106 @@ def correction_heatmap(run: runs_lib.Run, out_path: str | pathlib.Path) -> np.nd
                 ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
     ax.set_xlabel("meta model prediction")
     ax.set_ylabel("true label")
+
+
+def correction_heatmap(run: runs_lib.Run, out_path: str | pathlib.Path) -> np.ndarray:
+    """PNG of the row-normalised meta-model confusion on D' (Fig. 2/6); returns that matrix."""
+    if run.confusion is None:
+        raise ValueError(f"{run.path}: no {runs_lib.CONFUSION} (the method has no meta model?)")
+    normalised = row_normalise(run.confusion)
+    k = normalised.shape[0]
+    fig = _new_figure(7.0, 6.0) if k <= 10 else _new_figure(9.0, 8.0)
+    ax = fig.subplots()
+    _draw_heatmap(fig, ax, normalised)
     accuracy = run.correction_accuracy()
     epoch = f", epoch {run.confusion_epoch}" if run.confusion_epoch is not None else ""
     accuracy_text = f"{accuracy:.2%}" if accuracy is not None else "n/a"
     ax.set_title(f"{run.label}\nmeta model correction accuracy {accuracy_text}{epoch}", fontsize=10)
     fig.savefig(pathlib.Path(out_path), dpi=100)
     return normalised
+
+
+def _share_text(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.2%}"
+
+
+def group_heatmaps(
+    run: runs_lib.Run, out_path: str | pathlib.Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """PNG of the last epoch's row-normalised meta-model confusion on the mislabelled and on the
+    correctly labelled examples of D', side by side; returns the two matrices.
+
+    On the mislabelled examples the diagonal is what the meta model corrected (a model that
+    returns the label it is given has none); on the correct ones it is what it kept.
+    """
+    history = run.confusion_history
+    if history is None or not len(history.epochs):
+        raise ValueError(
+            f"{run.path}: no {runs_lib.CONFUSION_HISTORY} (the method has no meta model?)"
+        )
+    diagnostics = {k: v[-1] for k, v in history.diagnostics().items()}
+    panels = (
+        (history.mislabelled[-1], "given label wrong", "corrected",
+         diagnostics["meta_accuracy_on_mislabelled"]),
+        (history.correct[-1], "given label right", "kept",
+         diagnostics["meta_accuracy_on_correct"]),
+    )  # fmt: skip
+    k = history.mislabelled.shape[-1]
+    fig = _new_figure(13.0, 6.0) if k <= 10 else _new_figure(17.0, 8.0)
+    axes = fig.subplots(1, 2)
+    shown = []
+    for ax, (counts, group, verb, accuracy) in zip(axes, panels, strict=True):
+        normalised = row_normalise(counts)
+        _draw_heatmap(fig, ax, normalised, colorbar=ax is axes[-1])
+        ax.set_title(
+            f"{group} (n={int(counts.sum())}): {_share_text(accuracy)} {verb}", fontsize=10
+        )
+        shown.append(normalised)
+    fig.suptitle(
+        f"{run.label}\nmeta model on D' by given label, epoch {history.epochs[-1]}; change rate "
+        f"{_share_text(diagnostics['meta_change_rate'])}, "
+        f"{_share_text(diagnostics['meta_change_precision'])} of changes to the true label",
+        fontsize=10,
+    )
+    fig.savefig(pathlib.Path(out_path), dpi=100)
+    return shown[0], shown[1]
+
+
+# (diagnostic, panel title); all shares, shown in %.
+DIAGNOSTIC_PANELS = (
+    ("meta_accuracy_on_mislabelled", "Mislabelled examples of D' corrected (copier: 0%)"),
+    ("meta_accuracy_on_correct", "Correctly labelled examples of D' kept (copier: 100%)"),
+    ("meta_change_rate", "Share of D' whose label the meta model changes (copier: 0%)"),
+    ("meta_change_precision", "Changes to the true label (0% when nothing changed)"),
+)
+
+
+def diagnostics_figure(
+    runs: Sequence[runs_lib.Run], out_path: str | pathlib.Path
+) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """PNG of the four meta-model diagnostics per epoch, one line per run with a confusion
+    history; returns (epochs, diagnostics) of each run drawn, in order."""
+    drawn = [r for r in runs if r.confusion_history is not None and len(r.confusion_history.epochs)]
+    if not drawn:
+        raise ValueError(f"no run has a {runs_lib.CONFUSION_HISTORY}")
+    fig = _new_figure(12.0, 8.0 + 0.3 * min(len(drawn), 12))
+    axes = fig.subplots(2, 2, squeeze=False).ravel()
+    colours = matplotlib.colormaps["tab10" if len(drawn) <= 10 else "turbo"]
+    values = [(r.confusion_history.epochs, r.confusion_history.diagnostics()) for r in drawn]
+    for ax, (key, title) in zip(axes, DIAGNOSTIC_PANELS, strict=True):
+        for i, (run, (epochs, diagnostics)) in enumerate(zip(drawn, values, strict=True)):
+            colour = colours(i if len(drawn) <= 10 else i / max(len(drawn) - 1, 1))
+            ax.plot(epochs, 100 * diagnostics[key], color=colour, lw=1.4, marker=".",
+                    label=run.label)  # fmt: skip
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("%")
+        ax.set_ylim(-3, 103)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(drawn)), fontsize=8)
+    fig.savefig(pathlib.Path(out_path), dpi=100)
+    return values
 
 
 def safe_name(label: str) -> str:
@@ -113,14 +205,22 @@ def safe_name(label: str) -> str:
 def write_figures(
     run_dirs: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path | None = None
 ) -> list[pathlib.Path]:
-    """curves.png for all runs and heatmap_<label>.png per run with a confusion; the paths."""
+    """curves.png for all runs, meta_diagnostics.png for those with a confusion history, and
+    per run heatmap_<label>.png (all of D') and heatmap_groups_<label>.png (mislabelled and
+    correct apart) where it has those counts; the paths."""
     runs = runs_lib.find_runs(run_dirs)
     out_dir = pathlib.Path(out_dir if out_dir is not None else run_dirs[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [training_curves(runs, out_dir / "curves.png")]
+    has_history = [
+        r.confusion_history is not None and len(r.confusion_history.epochs) for r in runs
+    ]
+    if any(has_history):
+        diagnostics_figure(runs, out_dir / "meta_diagnostics.png")
+        written.append(out_dir / "meta_diagnostics.png")
     used: set[str] = set()
-    for run in runs:
-        if run.confusion is None:
+    for run, history in zip(runs, has_history, strict=True):
+        if run.confusion is None and not history:
             continue
         name = base = safe_name(run.label)
         n = 1
@@ -128,9 +228,12 @@ def write_figures(
             n += 1
             name = f"{base}_{n}"
         used.add(name)
-        path = out_dir / f"heatmap_{name}.png"
-        correction_heatmap(run, path)
-        written.append(path)
+        if run.confusion is not None:
+            correction_heatmap(run, out_dir / f"heatmap_{name}.png")
+            written.append(out_dir / f"heatmap_{name}.png")
+        if history:
+            group_heatmaps(run, out_dir / f"heatmap_groups_{name}.png")
+            written.append(out_dir / f"heatmap_groups_{name}.png")
     return written
 
 

@@ -1,4 +1,6 @@
-"""Reading run directories: metrics.jsonl, summary.json and meta_confusion.json into a `Run`."""
+"""Reading run directories: metrics.jsonl, summary.json, meta_confusion.json and
+meta_confusion_history.jsonl into a `Run`; and the meta model's correction diagnostics, computed
+from its confusion counts (the training loop's evaluation uses the same function)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,77 @@ import numpy as np
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFUSION = "meta_confusion.json"
+CONFUSION_HISTORY = "meta_confusion_history.jsonl"
+# What the meta model does to the labels of D' (see meta_diagnostics), logged as eval/<name>.
+DIAGNOSTICS = (
+    "meta_accuracy_on_mislabelled",
+    "meta_accuracy_on_correct",
+    "meta_change_rate",
+    "meta_change_precision",
+)
 
 # Only these prefixes make up the per-epoch table; `train/` keys are per-step series.
 EPOCH_PREFIXES = ("eval/", "train_epoch/")
 STEP_PREFIX = "train/"
 EPOCH_KEY = "eval/epoch"
+
+
+def meta_diagnostics(
+    mislabelled: np.ndarray, correct: np.ndarray, changed: np.ndarray, changed_to_true: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The four DIAGNOSTICS from the counts, over any leading axes (seeds, epochs).
+
+    `mislabelled` and `correct` are [..., K, K] counts (rows: true label, columns: argmax of
+    g(h(x'), y')) over the examples of D' whose given label y' is wrong / right; `changed` counts
+    the examples whose argmax differs from y', `changed_to_true` those changed to the true label.
+    A meta model that returns the label it is given scores 0, 1, 0 and 0.
+
+    - meta_accuracy_on_mislabelled: argmax == true label where y' is wrong (NaN with no such
+      example, e.g. at noise rate 0: there is nothing to measure);
+    - meta_accuracy_on_correct: the same where y' is right (NaN with no such example);
+    - meta_change_rate: share of D' whose argmax differs from y';
+    - meta_change_precision: share of the changed examples changed to the true label; 0 when
+      nothing changed: then no label was corrected, so a copier scores 0 here as it does on the
+      mislabelled examples, never a perfect 1 (the change rate of 0 says nothing changed), and the
+      value stays a number (JSON, TensorBoard).
+    """
+    mislabelled, correct = np.asarray(mislabelled, np.float64), np.asarray(correct, np.float64)
+    changed = np.asarray(changed, np.float64)
+    changed_to_true = np.asarray(changed_to_true, np.float64)
+    n_wrong, n_right = mislabelled.sum((-2, -1)), correct.sum((-2, -1))
+
+    def share(part, whole, empty):
+        return np.divide(part, whole, out=np.full(np.shape(whole), empty), where=whole > 0)
+
+    return {
+        "meta_accuracy_on_mislabelled": share(
+            np.trace(mislabelled, axis1=-2, axis2=-1), n_wrong, np.nan
+        ),
+        "meta_accuracy_on_correct": share(np.trace(correct, axis1=-2, axis2=-1), n_right, np.nan),
+        "meta_change_rate": share(changed, n_wrong + n_right, np.nan),
+        "meta_change_precision": share(changed_to_true, changed, 0.0),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfusionHistory:
+    """The meta model's counts on D' after each evaluated epoch (meta_confusion_history.jsonl).
+
+    Row i is 1-based epoch `epochs[i]`: `mislabelled[i]` and `correct[i]` are K x K counts (rows:
+    true label, columns: the meta model's argmax) over the examples whose given label is wrong /
+    right; `changed[i]` and `changed_to_true[i]` count the examples whose argmax differs from the
+    given label, and those of them whose argmax is the true label.
+    """
+
+    epochs: np.ndarray
+    mislabelled: np.ndarray
+    correct: np.ndarray
+    changed: np.ndarray
+    changed_to_true: np.ndarray
+
+    def diagnostics(self) -> dict[str, np.ndarray]:
+        """DIAGNOSTICS per epoch (see meta_diagnostics)."""
+        return meta_diagnostics(self.mislabelled, self.correct, self.changed, self.changed_to_true)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +98,8 @@ class Run:
     `epochs[i]` is the 1-based epoch of row i of every `history[key]` (NaN where the key was not
     logged that epoch); `steps[i]` is the training step at which that epoch was evaluated.
     `step_series[key]` holds (steps, values) for the per-step `train/` scalars.
+    `confusion` is the last epoch's meta-model confusion on all of D'; `confusion_history` the
+    per-epoch counts by group (None when the run has no such file).
     Accuracies are fractions in [0, 1], as the training loop logs them.
     """
 
@@ -42,6 +112,7 @@ class Run:
     step_series: dict[str, tuple[np.ndarray, np.ndarray]]
     confusion: np.ndarray | None
     confusion_epoch: int | None
+    confusion_history: ConfusionHistory | None = None
 
     @property
     def finished(self) -> bool:
@@ -166,6 +237,75 @@ def _read_confusion(path: pathlib.Path) -> tuple[np.ndarray, int | None]:
     return counts, (int(epoch) if epoch is not None else None)
 
 
+def _counts(value: Any, k: int, where: str) -> np.ndarray:
+    """A K x K array of non-negative counts; ValueError saying `where` otherwise."""
+    try:
+        counts = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: counts are not a K x K array of numbers ({e})") from e
+    if counts.shape != (k, k):
+        raise ValueError(f"{where}: counts have shape {counts.shape}, expected ({k}, {k})")
+    if (counts < 0).any():
+        raise ValueError(f"{where}: counts have negative entries")
+    return counts
+
+
+def read_confusion_history(path: str | pathlib.Path) -> ConfusionHistory:
+    """The per-epoch group counts of meta_confusion_history.jsonl, in epoch order.
+
+    A resumed run appends the epochs it redoes again: the last line of an epoch wins. A cut
+    last line (a run killed mid-write) is skipped with a warning; any other bad line is a
+    ValueError naming the file and line.
+    """
+    path = pathlib.Path(path)
+    text = path.read_text()
+    lines = text.split("\n")
+    rows: dict[int, dict[str, Any]] = {}
+    k = None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if lineno == len(lines) and not text.endswith("\n"):
+                warnings.warn(f"{where}: skipping a truncated last line ({e})", stacklevel=2)
+                continue
+            raise ValueError(f"{where}: malformed line, not JSON ({e})") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: malformed line, not a JSON object")
+        missing = {"epoch", "num_classes", "mislabelled", "correct", "changed", "changed_to_true"}
+        missing -= set(record)
+        if missing:
+            raise ValueError(f"{where}: malformed line, missing {sorted(missing)}")
+        numbers = [record[key] for key in ("epoch", "num_classes", "changed", "changed_to_true")]
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in numbers):
+            raise ValueError(f"{where}: epoch, num_classes and the changed counts must be counts")
+        if k is not None and record["num_classes"] != k:
+            raise ValueError(f"{where}: num_classes {record['num_classes']}, earlier lines {k}")
+        k = record["num_classes"]
+        rows[record["epoch"]] = {
+            "mislabelled": _counts(record["mislabelled"], k, where),
+            "correct": _counts(record["correct"], k, where),
+            "changed": record["changed"],
+            "changed_to_true": record["changed_to_true"],
+        }
+    epochs = sorted(rows)
+
+    def stack(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        return np.array([rows[e][key] for e in epochs], np.float64).reshape(len(epochs), *shape)
+
+    k = k or 0
+    return ConfusionHistory(
+        epochs=np.array(epochs, np.int64),
+        mislabelled=stack("mislabelled", (k, k)),
+        correct=stack("correct", (k, k)),
+        changed=stack("changed", ()),
+        changed_to_true=stack("changed_to_true", ()),
+    )
+
+
 def run_label(summary: Mapping[str, Any] | None, path: pathlib.Path) -> str:
     """'method/variant kind-rate seed s' from a summary; the directory name for unfinished runs."""
     if summary is None:
@@ -194,6 +334,8 @@ def load_run(path: str | pathlib.Path) -> Run:
     confusion, confusion_epoch = (
         _read_confusion(path / CONFUSION) if (path / CONFUSION).is_file() else (None, None)
     )
+    history_path = path / CONFUSION_HISTORY
+    confusion_history = read_confusion_history(history_path) if history_path.is_file() else None
     return Run(
         path=path,
         label=run_label(summary, path),
@@ -204,6 +346,7 @@ def load_run(path: str | pathlib.Path) -> Run:
         step_series=_step_series(by_step),
         confusion=confusion,
         confusion_epoch=confusion_epoch,
+        confusion_history=confusion_history,
     )
 
 
