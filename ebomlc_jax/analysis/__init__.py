@@ -1,10 +1,11 @@
-"""Tables (paper layout) and figures from run directories; imports neither jax nor tensorflow."""
+"""Tables (paper layout), figures and ablation figures from run directories; imports neither jax
+nor tensorflow."""
 
 import importlib
 
 from ebomlc_jax.analysis.runs import Run, find_run_dirs, find_runs, load_run
 
-# figures/tables load lazily: importing them here would make `python -m
+# figures/tables/ablations load lazily: importing them here would make `python -m
 # ebomlc_jax.analysis.figures` warn (module already in sys.modules) and pull in matplotlib.
 _LAZY = {
     "training_curves": "figures",
@@ -12,6 +13,11 @@ _LAZY = {
     "row_normalise": "figures",
     "write_figures": "figures",
     "paper_table": "tables",
+    "report": "tables",
+    "find_runs_under": "tables",
+    "paired_differences": "tables",
+    "ablation_groups": "ablations",
+    "write_ablation_figures": "ablations",
 }
 
 __all__ = ["Run", "find_run_dirs", "find_runs", "load_run", *_LAZY]
