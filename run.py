@@ -7,7 +7,6 @@
 Rerunning the same command in the same workdir resumes from its latest checkpoint.
 """
 
-import os
 import pathlib
 import sys
 
@@ -38,6 +37,22 @@ def default_workdir(config_path: str, config) -> str:
     return str(HERE / "workdirs" / stem / f"{name}-seed{config.seed}")
 
 
+def load_config():
+    """FLAGS.config; a file that cannot be loaded is a one-line ConfigError naming the choices."""
+    from ebomlc_jax.errors import allowed
+
+    try:
+        config = FLAGS.config
+        config.method  # noqa: B018  (a failed load raises when the config is first read)
+        return config
+    except OSError as e:
+        given = config_flags.get_config_filename(FLAGS["config"])
+        files = sorted(str(p.relative_to(HERE)) for p in (HERE / "configs").glob("[!_]*.py"))
+        raise allowed(
+            "--config", given, f"a .py file with get_config(), e.g. one of {files}"
+        ) from e
+
+
 def main(argv):
     del argv
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; -v 0 shows it again
@@ -45,26 +60,17 @@ def main(argv):
     from ebomlc_jax import validate
     from ebomlc_jax.errors import ConfigError
 
-    config = FLAGS.config
     try:  # before TensorFlow or anything else loads: a bad flag costs seconds, not minutes
+        config = load_config()
         validate.validate(config)
     except ConfigError as e:
         sys.exit(f"ConfigError: {e}")
     workdir = FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(FLAGS["config"]), config
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before tensorflow (tfds, clu) loads
-    _hide_accelerators_from_tensorflow()
     from ebomlc_jax import train
 
     train.train_and_evaluate(config, workdir)
-
-
-def _hide_accelerators_from_tensorflow():
-    """tfds/tf.data only feed the host; keep TensorFlow off the GPU so JAX has all of it."""
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
 
 
 if __name__ == "__main__":

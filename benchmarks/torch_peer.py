@@ -6,7 +6,7 @@ Times, on one machine and in one process:
 * ``ce``: a plain cross-entropy step of CIFAR ResNet-32 on 100 noisy + 100 clean
   CIFAR-shaped images (one forward/backward over the 200 images, torch.optim.SGD with
   lr 0.1, momentum 0.9, weight decay 5e-4);
-* ``ebomlc``: the EBOMLC step of the authors' released code (REFERENCE_NOTES.md section 4,
+* ``ebomlc``: the EBOMLC step of the authors' released code (docs/reference_notes.md section 4,
   "released code"), written here from its description:
   noisy batch 100, clean batch 100 split in halves (first 50: upper loss
   F = CE(rho * logits + (1 - rho) * meta_probs, y); last 50: mixed into the lower loss G
@@ -50,7 +50,7 @@ except ImportError:  # torch is optional for the project: it lives in its own ve
     )
 
 # --------------------------------------------------------------------------------------
-# Constants of the protocol (REFERENCE_NOTES.md sections 1-4).
+# Constants of the protocol (docs/reference_notes.md sections 1-4).
 # --------------------------------------------------------------------------------------
 NOISY_BS = 100
 CLEAN_BS = 100  # split in halves: first half upper loss F, second half into lower loss G

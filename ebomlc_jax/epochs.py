@@ -45,6 +45,12 @@ class Runner:
     num_devices: int = 1
     seeds_mode: str = "vmap"
     pass_batch_size: int = 500  # batches of a method's epoch pass (Method.epoch_pass)
+    # Progress inside an epoch: on_report(step, {name: value}) after about every `report_every`
+    # steps (0: never), with the 1-based step and the mean over the steps since the last report
+    # (and over seeds) of the measurements named in `shown`; never at an epoch's last step.
+    report_every: int = 0
+    on_report: Callable[[int, dict], None] | None = None
+    shown: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.mesh = parallel.make_mesh(self.num_devices) if self.mode == "jit" else None
@@ -62,9 +68,13 @@ class Runner:
     def _build(self) -> None:
         method, spec, mesh, over_seeds = self.method, self.spec, self.mesh, self.data.over_seeds
 
-        def scan_epoch(state, shared, per_seed, keys, epoch):
+        chunk = self.chunk
+
+        def scan_steps(state, shared, per_seed, keys, epoch, offset):
+            """Steps offset, ..., offset + chunk - 1 of training epoch `epoch`."""
             rows = dd.noisy_epoch_rows(keys, epoch, spec)
-            steps = epoch * spec.steps_per_epoch + jnp.arange(spec.steps_per_epoch)
+            rows = jax.lax.dynamic_slice_in_dim(rows, offset, chunk)
+            steps = epoch * spec.steps_per_epoch + offset + jnp.arange(chunk)
 
             def body(state, xs):
                 step, noisy_rows = xs
@@ -73,7 +83,9 @@ class Runner:
 
             return jax.lax.scan(body, state, (steps, rows))
 
-        self._scan_epoch = jax.jit(over_seeds(scan_epoch, (0, None, 0, 0, None)), donate_argnums=0)
+        self._scan_steps = jax.jit(
+            over_seeds(scan_steps, (0, None, 0, 0, None, None)), donate_argnums=0
+        )
         self._epoch_rows = jax.jit(
             over_seeds(lambda keys, epoch: dd.noisy_epoch_rows(keys, epoch, spec), (0, None))
         )
@@ -99,6 +111,41 @@ class Runner:
         else:
             self._step = jax.jit(over_seeds(method.step, (0, 0, 0)), donate_argnums=0)
         self._hooks: dict[str, Callable] = {}
+        self._compiled: Callable | None = None
+
+    @property
+    def chunk(self) -> int:
+        """Steps per compiled call of the scan: the largest divisor of the epoch's steps up to
+        report_every (the whole epoch without reports), so one program runs every chunk and
+        progress is printed between calls, with no host callback inside the program."""
+        spe = self.spec.steps_per_epoch
+        if not self.report_every or self.on_report is None or self.report_every >= spe:
+            return spe
+        return max(d for d in range(1, self.report_every + 1) if spe % d == 0)
+
+    def _report_due(self, start: int, end: int) -> bool:
+        """After the steps start..end-1 of an epoch: whether they crossed a multiple of
+        report_every (never at the epoch's end, which has its own line)."""
+        if not self.report_every or self.on_report is None:
+            return False
+        every, spe = self.report_every, self.spec.steps_per_epoch
+        return end < spe and end // every > start // every
+
+    def _report(self, step: int, meas: list[dict]) -> None:
+        """on_report at `step` with the mean of the shown measurements since the last report."""
+        shown = {
+            k: float(np.mean([np.asarray(m[k]) for m in meas])) for k in self.shown if k in meas[0]
+        }
+        self.on_report(step, shown)
+
+    def compile(self, state: PyTree, epoch: int) -> None:
+        """Compile the scan now (the first run_epoch then only runs); other inputs compile
+        their step at its first call."""
+        if self.input == "device" and self.scan and self.mode == "jit":
+            d = self.data
+            self._compiled = self._scan_steps.lower(
+                state, d.shared, d.per_seed, d.keys, epoch, 0
+            ).compile()
 
     def _hook(self, which: str) -> Callable:
         """The compiled epoch pass over `which` followed by the method's begin_epoch."""
@@ -143,21 +190,37 @@ class Runner:
         if which is not None:
             state = self._hook(which)(state, self.data.shared, self.data.per_seed, epoch)
         if self.input == "device" and self.scan and self.mode == "jit":
-            d = self.data
-            state, meas = self._scan_epoch(state, d.shared, d.per_seed, d.keys, epoch)
-            return state, jax.device_get(meas)
+            return self._scan_epoch(state, epoch)
         return self._loop_epoch(state, epoch)
+
+    def _scan_epoch(self, state: PyTree, epoch: int) -> tuple[PyTree, Measurements]:
+        d, spe, first = self.data, self.spec.steps_per_epoch, epoch * self.spec.steps_per_epoch
+        run = self._compiled or self._scan_steps
+        parts = []
+        since = 0
+        for offset in range(0, spe, self.chunk):
+            state, meas = run(state, d.shared, d.per_seed, d.keys, epoch, offset)
+            parts.append(meas)
+            if self._report_due(offset, offset + self.chunk):
+                parts[since:] = jax.device_get(parts[since:])
+                self._report(first + offset + self.chunk, parts[since:])
+                since = len(parts)
+        meas = jax.device_get(parts)
+        return state, {k: np.concatenate([m[k] for m in meas], axis=-1) for k in meas[0]}
 
     def _loop_epoch(self, state: PyTree, epoch: int) -> tuple[PyTree, Measurements]:
         spec, first = self.spec, epoch * self.spec.steps_per_epoch
         next_batches = self._batch_source(epoch, first)
         if self.mode == "pmap":
             state = parallel.replicate_for_pmap(state, self.num_devices)
-        measurements = []
+        measurements, since = [], 0
         for step in range(first, first + spec.steps_per_epoch):
             noisy, clean = self._place_batches(*next_batches(step))
             state, meas = self._step(state, noisy, clean)
             measurements.append(meas)
+            if self._report_due(step - first, step + 1 - first):
+                self._report(step + 1, jax.device_get(measurements[since:]))
+                since = len(measurements)
         if self.mode == "pmap":
             state, measurements = (
                 parallel.unreplicate(state),

@@ -87,7 +87,7 @@ def choose_device_count(
 
     `requested` 0 means "all": then the largest count up to `available` that divides the batches,
     with a one-line warning when that is fewer than all (so the paper's batches of 100 with clean
-    halves of 50 run on 2 of 4 or 8 devices, with the numbers of one device). A count asked for
+    halves of 50 run on 2 of 4 devices or 5 of 8, with the numbers of one device). A count asked for
     explicitly must be available and divide them: ConfigError otherwise.
     """
 

@@ -20,11 +20,14 @@ import numpy as np
 from absl import logging
 
 from ebomlc_jax import checkpoint, cpu, epochs, evaluate, logs, methods, models, parallel, validate
+from ebomlc_jax.analysis.runs import CONFUSION_HISTORY, DIAGNOSTICS
 from ebomlc_jax.data import build_data
 from ebomlc_jax.data.device import BatchSpec
 from ebomlc_jax.data.pipeline import NoisyLabelData
 from ebomlc_jax.errors import ConfigError
 
+# Measurements shown on the progress lines (those a method has).
+SHOWN = ("G", "F", "beta", "loss")
 # Fields that say how to set a run up, not what it computes: changing them never blocks a resume.
 SETUP_ONLY = (
     "data.download",
@@ -169,6 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     parallel.initialize(config.parallel.distributed)
     workdir_path = pathlib.Path(workdir).absolute()
     check_resumable(workdir_path, config)
+    writes = writes_files()
+    say = print if writes else (lambda *a, **k: None)
 
     seeds = [config.seed + i for i in range(config.num_parallel_seeds)]
     datas = [load_data(config, s) for s in seeds]
@@ -184,11 +189,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     )
     if warning:
         logging.warning("%s", warning)
-        print(f"warning: {warning}", flush=True)
+        say(f"warning: {warning}", flush=True)
     spec = batch_spec(config, d0)
     spe = spec.steps_per_epoch
+    total = config.num_epochs * spe
+    progress = logs.Progress(total, config.num_epochs, spe)
+    many = len(seeds) > 1
     axis = parallel.DATA_AXIS if config.parallel.mode == "pmap" else None
     method = build_method(config, d0.num_classes, spe, axis, d0.num_noisy)
+
+    def report(step, values):  # inside an epoch, about every log_every_steps (not at its end)
+        say(progress.report(int(step), {k: float(v) for k, v in values.items()}), flush=True)
+
     runner = epochs.Runner(
         method,
         spec,
@@ -200,6 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         num_devices=num_devices,
         seeds_mode=config.parallel.seeds,
         pass_batch_size=config.eval.batch_size,
+        report_every=config.log_every_steps,
+        on_report=report,
+        shown=SHOWN,
     )
     evaluator = evaluate.Evaluator(
         method, runner.data, config.eval.batch_size, config.eval.meta_correction
@@ -215,28 +230,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
         start_epoch, state, saved = restored
         state, records = runner.place(state), saved["seeds"]
         logging.info("resumed from %s at epoch %d", ckpt.directory, start_epoch)
-        print(f"resumed from {ckpt.directory} after epoch {start_epoch}", flush=True)
+        say(f"resumed from {ckpt.directory} after epoch {start_epoch}", flush=True)
 
-    workdir_path.mkdir(parents=True, exist_ok=True)  # the run really starts here
-    (workdir_path / "config.json").write_text(
-        json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
-    )
-    many = len(seeds) > 1
     run_dirs = [workdir_path / f"seed_{s}" if many else workdir_path for s in seeds]
-    writers = [logs.make_writer(d) for d in run_dirs]
+    if writes:  # the run really starts here: config.json, once everything above has passed
+        workdir_path.mkdir(parents=True, exist_ok=True)
+        (workdir_path / "config.json").write_text(
+            json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
+        )
+    writers = [logs.make_writer(d, writes) for d in run_dirs]
+    say(
+        banner(config, method, d0, num_devices, workdir_path, start_epoch, spe, len(seeds)),
+        flush=True,
+    )
     for d, data in zip(run_dirs, datas, strict=True):
-        (d / "noise.json").write_text(json.dumps(data.noise, indent=1))
-        print(
+        if writes:
+            (d / "noise.json").write_text(json.dumps(data.noise, indent=1))
+        say(
             f"{d.name}: {config.data.dataset} |D|={data.num_clean} |D'|={data.num_noisy} "
             f"{config.noise.kind} noise nominal {config.noise.rate:g} realised "
             f"{data.noise['realised_rate']:.4f}",
             flush=True,
         )
 
-    total = config.num_epochs * spe
-    progress = logs.Progress(total, start_epoch * spe)
     last_eval = None
     try:
+        if start_epoch < config.num_epochs:
+            say("compiling the training epoch and the evaluation ...", flush=True)
+            t0 = time.monotonic()
+            runner.compile(state, start_epoch)
+            evaluator.compile(state)
+            say(f"compiled in {time.monotonic() - t0:.1f} s", flush=True)
         for epoch in range(start_epoch, config.num_epochs):
             t0 = time.time()
             state, meas = runner.run_epoch(state, epoch)
@@ -252,30 +276,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             ):
                 seed_meas = {k: v[i] if many else v for k, v in meas.items()}
                 seed_ev = {k: v[i] if many else v for k, v in ev.items()}
-                _log_epoch(writer, run_dir, seed_meas, seed_ev, record, epoch, spe, config)
+                _log_epoch(writer, run_dir, seed_meas, seed_ev, record, epoch, spe, config, writes)
                 record["wall_time_s"] += seconds
                 record["steps_done"] = step
             mean_clean = float(np.mean(ev["clean_accuracy"]))
             ckpt.save(epoch + 1, state, {"seeds": records}, mean_clean)
             last_eval = ev
-            shown = {
-                k: float(np.mean(v)) for k, v in meas.items() if k in ("G", "F", "beta", "loss")
-            }
-            shown.update(
-                test=float(np.mean(ev["test_accuracy"])),
-                clean=mean_clean,
-                **(
-                    {"meta": float(np.mean(ev["meta_correction_accuracy"]))}
-                    if "meta_correction_accuracy" in ev
-                    else {}
-                ),
-            )
-            print(progress.line(epoch + 1, config.num_epochs, step, shown), flush=True)
+            shown = {k: float(np.mean(meas[k])) for k in SHOWN if k in meas}  # epoch means
+            shown.update(test=float(np.mean(ev["test_accuracy"])), clean=mean_clean)
+            if "meta_correction_accuracy" in ev:
+                shown["meta"] = float(np.mean(ev["meta_correction_accuracy"]))
+            say(progress.report(step, shown, end_of_epoch=True), flush=True)
     finally:  # also on DivergenceError/Ctrl-C: finish the last good epoch's pending save
         ckpt.wait()
         ckpt.close()
         for w in writers:
             w.close()
+    if last_eval is None and not all((d / "summary.json").is_file() for d in run_dirs):
+        # Finished, but a summary.json is missing (killed between the last checkpoint and the
+        # summary, or deleted): evaluate the restored final state and write the summaries again.
+        last_eval = evaluator(state)
 
     summaries = []
     for i, (record, run_dir, seed, data) in enumerate(
@@ -283,8 +303,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     ):
         if last_eval is None:  # resumed a finished run: report from the saved files
             summaries.append(json.loads((run_dir / "summary.json").read_text()))
-            print(f"{run_dir.name}: already finished ({config.num_epochs} epochs)", flush=True)
-            print(logs.summary_screen(summaries[-1]), flush=True)
+            say(f"{run_dir.name}: already finished ({config.num_epochs} epochs)", flush=True)
+            say(logs.summary_screen(summaries[-1]), flush=True)
             continue
         ev = {k: v[i] if many else v for k, v in last_eval.items()}
         summary = {
@@ -301,6 +321,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             "final_meta_correction_accuracy": (
                 float(ev["meta_correction_accuracy"]) if "meta_correction_accuracy" in ev else None
             ),
+            # None without a meta model, or where undefined (see analysis.runs.meta_diagnostics).
+            **{f"final_{k}": _defined(ev[k]) if k in ev else None for k in DIAGNOSTICS},
+            **{k: float(v) for k, v in ev.items() if k.startswith("test_accuracy_")},
             "wall_time_s": record["wall_time_s"],
             "steps_per_sec": record["steps_done"] / max(record["wall_time_s"], 1e-9),
             "realised_noise_rate": data.noise["realised_rate"],
@@ -309,20 +332,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
             "run_dir": str(run_dir),
             "config": json.loads(config.to_json_best_effort()),
         }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if writes:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         summaries.append(summary)
-        print(logs.summary_screen(summary), flush=True)
-    if config.figures and last_eval is not None:
+        say(logs.summary_screen(summary), flush=True)
+    if config.figures and last_eval is not None and writes:
         from ebomlc_jax.analysis import write_figures  # matplotlib only when asked
 
         for run_dir in run_dirs:
             for path in write_figures([run_dir], run_dir):
-                print(f"wrote {path}", flush=True)
+                say(f"wrote {path}", flush=True)
     return summaries if many else summaries[0]
 
 
-def _log_epoch(writer, run_dir, meas, ev, record, epoch, spe, config) -> None:
-    """Train scalars every log_every_steps, the epoch's eval line, the confusion matrix."""
+def writes_files() -> bool:
+    """Whether this process writes the run's files and screen: process 0 of several hosts."""
+    return jax.process_index() == 0
+
+
+def banner(config, method, data, num_devices, workdir, start_epoch, spe, num_seeds) -> str:
+    """The start line: what trains on what, where, for how long, from where."""
+    name = config.method.name + (f"/{method.variant}" if method.variant else "")
+    device = jax.devices()[0]
+    start = f"resuming after epoch {start_epoch}" if start_epoch else "from scratch"
+    if start_epoch >= config.num_epochs:
+        start = "already finished"
+    seeds = f"seeds {config.seed}..{config.seed + num_seeds - 1}" if num_seeds > 1 else "seed"
+    return (
+        f"ebomlc_jax: {name} on {config.data.dataset} ({config.noise.kind} noise "
+        f"{config.noise.rate:g}), {seeds} {config.seed if num_seeds == 1 else ''}".rstrip()
+        + f"\n  devices: {num_devices} x {device.device_kind} ({device.platform}), "
+        f"parallel.mode={config.parallel.mode}"
+        + f"\n  steps: {config.num_epochs} epochs x {spe} = {config.num_epochs * spe}; "
+        f"{start}\n  workdir: {workdir}"
+    )
+
+
+def _log_epoch(writer, run_dir, meas, ev, record, epoch, spe, config, writes) -> None:
+    """Train scalars every log_every_steps, the epoch's eval line, the confusion matrix and its
+    line in the confusion history."""
     first = epoch * spe
     for s in range(spe):
         step = first + s + 1
@@ -342,11 +390,43 @@ def _log_epoch(writer, run_dir, meas, ev, record, epoch, spe, config) -> None:
     }
     if "meta_correction_accuracy" in ev:
         scalars["eval/meta_correction_accuracy"] = float(ev["meta_correction_accuracy"])
-        confusion = {
-            "epoch": epoch + 1,
-            "num_classes": int(ev["meta_confusion"].shape[0]),
-            "counts": np.asarray(ev["meta_confusion"]).round().astype(int).tolist(),
+        # An accuracy over an empty group (no mislabelled example at noise 0) is left out.
+        scalars.update({f"eval/{k}": v for k in DIAGNOSTICS if (v := _defined(ev[k])) is not None})
+        head = {"epoch": epoch + 1, "num_classes": int(ev["meta_confusion"].shape[0])}
+        confusion = {**head, "counts": _counts(ev["meta_confusion"])}
+        history = {
+            **head,
+            "mislabelled": _counts(ev["meta_confusion_mislabelled"]),
+            "correct": _counts(ev["meta_confusion_correct"]),
+            "changed": _counts(ev["meta_changed"]),
+            "changed_to_true": _counts(ev["meta_changed_to_true"]),
         }
-        (run_dir / "meta_confusion.json").write_text(json.dumps(confusion))
+        if writes:
+            (run_dir / "meta_confusion.json").write_text(json.dumps(confusion))
+            _append_line(run_dir / CONFUSION_HISTORY, json.dumps(history))
     writer.write_scalars((epoch + 1) * spe, scalars)
     writer.flush()
+
+
+def _counts(value) -> int | list:
+    """Counts (summed as floats on the device) as JSON ints."""
+    return np.asarray(value).round().astype(int).tolist()
+
+
+def _defined(value) -> float | None:
+    """A value as float; None where it is undefined (NaN), which JSON cannot hold."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _append_line(path: pathlib.Path, line: str) -> None:
+    """Append one line; a cut last line (a run killed mid-write) is dropped first, so a resumed
+    run's file holds whole lines only (readers take the last line of a repeated epoch)."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")

@@ -6,6 +6,8 @@ values. `validate(config)` checks the config alone (the method's own fields thro
 
 from __future__ import annotations
 
+import importlib.util
+
 import ml_collections
 
 from ebomlc_jax import methods, parallel
@@ -14,6 +16,7 @@ from ebomlc_jax.data.pipeline import NoisyLabelData, check_batch_size
 from ebomlc_jax.errors import ConfigError, allowed, check_bool, check_choice, check_number
 
 DTYPES = ("float32", "bfloat16")
+TENSORFLOW = ("tensorflow", "tensorflow_datasets")  # for CIFAR (tfds) and data.input=tf_data
 INF = float("inf")
 BOOLS = (
     "data.download",
@@ -64,6 +67,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     check_number("data.augment_pad", c.data.augment_pad, 0, INF, integer=True, high_open=True)
     check_choice("data.input", c.data.input, INPUTS)
+    if c.data.dataset != "digits" or c.data.input == "tf_data":
+        missing = [m for m in TENSORFLOW if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(
+                f"data.dataset={c.data.dataset!r} with data.input={c.data.input!r} needs "
+                f"{' and '.join(missing)}, not installed: pip install 'ebomlc_jax[cifar]' "
+                "(or -r requirements.txt); allowed without them: data.dataset='digits' with "
+                "data.input 'device' or 'host'"
+            )
 
     positive_int("num_epochs", c.num_epochs)
     check_number("steps_per_epoch", c.steps_per_epoch, 0, INF, integer=True, high_open=True)

@@ -8,7 +8,8 @@ import pytest
 from ebomlc_jax.data import noise
 from ebomlc_jax.errors import ConfigError
 
-# As listed in shared/REFERENCE_NOTES.md section 1 (class i -> map[i]); flip_map must derive them.
+# The released loader's maps (class i -> map[i], docs/reference_notes.md section 1); flip_map
+# must derive them.
 LISTED_FLIP_MAP_10 = [6, 9, 6, 0, 0, 1, 8, 6, 2, 4]
 # fmt: off
 LISTED_FLIP_MAP_100 = [

@@ -215,7 +215,7 @@ def check_meta(method, state, new_state, grad_meta, unravel_a):
 
 @pytest.mark.parametrize("branch", [False, True])
 def test_reference_step_by_hand(branch):
-    """REFERENCE_NOTES 4, items 1-8, written out on flat vectors."""
+    """docs/reference_notes.md section 4, items 1-8, written out on flat vectors."""
     method, step, state, _ = run_steps(  # two steps: a nonzero momentum buffer
         "ebomlc", 2, variant="reference", q_as_optimizer_delta=branch, xi=0.5, delta=2.0
     )

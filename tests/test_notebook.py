@@ -1,95 +1,79 @@
-"""The Colab notebook's commands name files, config fields, modules and flags that exist, and
-its accelerator wheels pin the jax of requirements.txt (Colab itself is not run here)."""
+"""The Colab notebook: every cell runs on this CPU in quick mode, from this checkout (nbclient +
+ipykernel), and shows the curves; its full-run command and every method it offers parse and
+validate with the real flag parser."""
 
-import ast
-import importlib
-import importlib.util
 import json
+import os
 import pathlib
 import re
 import shlex
 
+import nbformat
 import pytest
+from absl import flags
+from ml_collections import config_flags
+from nbclient import NotebookClient
 
-from ebomlc_jax import validate
+from ebomlc_jax import methods, validate
+from ebomlc_jax.cpu import xla
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "colab_quickstart.ipynb"
 
 
-def shell_commands() -> list[list[str]]:
-    """The notebook's `!` lines (continuations joined), split like a shell would."""
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    code = code.replace("\\\n", " ")
-    return [shlex.split(line.strip()[1:]) for line in code.splitlines() if line.strip()[:1] == "!"]
+def test_every_cell_runs_in_quick_mode_from_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.setenv("EBOMLC_CHECKOUT", str(ROOT))
+    monkeypatch.setenv("EBOMLC_WORKDIRS", str(tmp_path))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    # One CPU device and XLA's default codegen, as on a Colab CPU runtime (not the suite's 4 fake
+    # devices at -O0).
+    monkeypatch.setenv("XLA_FLAGS", xla.with_cpu_flags(""))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    ).execute()
+    workdir = tmp_path / "digits_quick" / "ebomlc"
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["dataset"] == "digits" and summary["config"]["num_epochs"] == 3
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "not on Colab" in text and "final test accuracy" in text, text[-3000:]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    # Every figure of the run, inline: the curves, the correction heatmaps, the diagnostics.
+    pngs = sorted(p.name for p in workdir.glob("*.png"))
+    assert len(images) == len(pngs) and {"curves.png", "meta_diagnostics.png"} <= set(pngs)
+    assert "| ebomlc/paper |" in text  # the table, in the paper's layout
+    assert not [o for o in outputs if o.output_type == "error"]
 
 
-def commands(*prefix: str) -> list[list[str]]:
-    """The notebook's shell commands that start with `prefix`."""
-    return [c for c in shell_commands() if c[: len(prefix)] == list(prefix)]
+def cell_sources() -> list[str]:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code"]
 
 
-def pinned_jax(text: str) -> str:
-    return re.search(r"^jax(?:\[\w+\])?==([\d.]+)", text, re.M).group(1)
+def offered_methods() -> list[str]:
+    (line,) = [ln for ln in cell_sources()[0].splitlines() if ln.startswith("METHOD =")]
+    return json.loads(re.search(r"@param (\[.*\])", line).group(1))
 
 
-def literal(value: str):
-    """A command-line value as ml_collections' flags would read it (numbers, booleans, text)."""
-    return ast.literal_eval(value) if value[:1].isdigit() or value in ("True", "False") else value
+def test_it_offers_exactly_the_registered_methods():
+    assert sorted(offered_methods()) == sorted(methods.REGISTRY)
 
 
-def test_run_commands_name_a_config_and_real_fields():
-    runs = commands("python", "run.py")
-    assert runs
-    for cmd in runs:
-        (path,) = [a.split("=", 1)[1] for a in cmd if a.startswith("--config=")]
-        spec = importlib.util.spec_from_file_location("notebook_config", ROOT / path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
-        for arg in cmd:
-            if arg.startswith("--config."):
-                field, value = arg[len("--config.") :].split("=", 1)
-                *parents, last = field.split(".")
-                node = config
-                for p in parents:
-                    node = node[p]
-                assert last in node, f"{field} is not a config field"
-                node[last] = literal(value)
-        validate.validate(config)
-
-
-def test_module_commands_exist_and_take_their_flags(capsys):
-    modules = commands("python", "-m")
-    workdirs = workdirs_of_runs()
-    assert modules and workdirs
-    for cmd in modules:
-        main = importlib.import_module(cmd[2]).main
-        with pytest.raises(SystemExit) as info:
-            main(["--help"])
-        assert info.value.code == 0
-        usage = capsys.readouterr().out
-        for flag in (a.split("=")[0] for a in cmd[3:] if a.startswith("--")):
-            assert flag in usage, f"{cmd[2]} has no {flag}"
-        # They read the directory that run.py wrote.
-        assert [a for a in cmd[3:] if not a.startswith("--")] == workdirs
-
-
-def workdirs_of_runs() -> list[str]:
-    runs = commands("python", "run.py")
-    return [a.split("=", 1)[1] for c in runs for a in c if a.startswith("--workdir=")]
-
-
-def test_accelerator_wheels_pin_the_jax_of_requirements():
-    jax_version = pinned_jax((ROOT / "requirements.txt").read_text())
-    assert pinned_jax((ROOT / "requirements-cuda.txt").read_text()) == jax_version
-    tpu = [c for c in shell_commands() if any(a.startswith("jax[tpu]") for a in c)]
-    assert tpu, "the notebook no longer installs jax for TPUs"
-    for cmd in tpu:
-        (wheel,) = [a for a in cmd if a.startswith("jax[tpu]")]
-        assert wheel == f"jax[tpu]=={jax_version}"
-    for cmd in commands("pip", "install"):
-        for arg in cmd:
-            if arg.startswith("requirements"):
-                assert (ROOT / arg).is_file(), arg
+@pytest.mark.parametrize("method", offered_methods())
+def test_the_full_run_command_parses_and_validates(method, tmp_path, monkeypatch):
+    """QUICK unticked: the CIFAR command, through the same flag parser as run.py."""
+    settings, args_cell = cell_sources()[0], cell_sources()[3]
+    assert "ARGS =" in args_cell
+    namespace = {"os": os, "pathlib": pathlib, "IN_COLAB": False}
+    exec(settings, namespace)
+    namespace.update(QUICK=False, METHOD=method)
+    exec(args_cell, namespace)
+    argv = ["run.py", *shlex.split(namespace["ARGS"])]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
+    monkeypatch.chdir(ROOT)
+    values(argv)
+    config = values.config
+    assert config.method.name == method and config.data.download is True
+    validate.validate(config)

@@ -131,7 +131,9 @@ def test_each_of_four_devices_steps_on_a_quarter_of_every_batch(scan):
         assert local == (full[0] // 4, *full[1:]), (name, local, full)
     if scan:
         d = runner.data
-        hlo = runner._scan_epoch.lower(state, d.shared, d.per_seed, d.keys, 0).compile().as_text()
+        hlo = (
+            runner._scan_steps.lower(state, d.shared, d.per_seed, d.keys, 0, 0).compile().as_text()
+        )
         # Forward convolutions of the images (NHWC, 1 input channel): per-device batches only.
         batches = {int(m) for m in re.findall(r"f32\[(\d+),8,8,4\]\S* convolution\(", hlo)}
         assert batches and max(batches) <= 32 // 4, batches

@@ -1,6 +1,7 @@
 """The training loop end to end on the tiny digits config: outputs, the command line, resume after
 SIGKILL (bitwise), config changes, NaN/Inf, corrupt and incompatible checkpoints, bad input."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -30,7 +31,8 @@ from helpers import (
     tiny,
 )
 
-from ebomlc_jax import checkpoint, train
+from ebomlc_jax import checkpoint, logs, train, validate
+from ebomlc_jax.analysis import runs
 from ebomlc_jax.checkpoint import CheckpointError
 from ebomlc_jax.errors import ConfigError
 
@@ -137,6 +139,8 @@ def test_tiny_run_writes_every_output(finished):
     for r in evals:
         for key in ("eval/test_accuracy", "eval/clean_accuracy", "eval/meta_correction_accuracy"):
             assert 0.0 <= r[key] <= 1.0, key
+        for key in runs.DIAGNOSTICS:  # both groups are non-empty at 60% noise: all defined
+            assert 0.0 <= r[f"eval/{key}"] <= 1.0, key
         assert np.isfinite(r["eval/clean_loss"]) and r["eval/clean_loss"] > 0
     last = evals[-1]
     assert last["eval/test_accuracy"] == pytest.approx(summary["final_test_accuracy"])
@@ -156,6 +160,7 @@ def test_tiny_run_writes_every_output(finished):
         for v in event.summary.value
     }
     assert {"eval/test_accuracy", "eval/clean_accuracy", "train/F", "train/G"} <= tags
+    assert {f"eval/{key}" for key in runs.DIAGNOSTICS} <= tags
 
     # Checkpoints: the last KEEP epochs, plus the best by clean accuracy (ties: any of them).
     kept = checkpoint_epochs(workdir)
@@ -184,10 +189,34 @@ def test_tiny_run_writes_every_output(finished):
     assert noise["realised_rate"] == summary["realised_noise_rate"]
     np.testing.assert_allclose(np.sum(noise["transition"], axis=1), 1.0, rtol=1e-6)
 
-    # Figures: the curves and one correction heatmap, real PNG files.
-    pngs = [workdir / "curves.png", *workdir.glob("heatmap_*.png")]
-    assert len(pngs) == 2, sorted(p.name for p in workdir.iterdir())
-    for png in pngs:
+    # The confusion history: one line per epoch, the mislabelled and correct examples apart.
+    lines = read_jsonl(workdir / "meta_confusion_history.jsonl")
+    assert [line["epoch"] for line in lines] == list(range(1, FINISHED_EPOCHS + 1))
+    history = runs.load_run(workdir).confusion_history
+    assert history.mislabelled.shape == history.correct.shape == (FINISHED_EPOCHS, 10, 10)
+    num_wrong = round(noise["realised_rate"] * 1298)
+    np.testing.assert_array_equal(history.mislabelled.sum((1, 2)), num_wrong)
+    np.testing.assert_array_equal(history.correct.sum((1, 2)), 1298 - num_wrong)
+    np.testing.assert_array_equal(history.mislabelled[-1] + history.correct[-1], counts)
+    # Changed to the true label = the mislabelled examples whose argmax is the true label.
+    np.testing.assert_array_equal(history.changed_to_true, np.trace(history.mislabelled, 0, 1, 2))
+    off_diagonal = history.correct.sum((1, 2)) - np.trace(history.correct, 0, 1, 2)
+    assert (history.changed >= history.changed_to_true + off_diagonal).all()
+    for key, values in history.diagnostics().items():
+        np.testing.assert_allclose(values, [r[f"eval/{key}"] for r in evals], rtol=1e-6)
+        assert summary[f"final_{key}"] == pytest.approx(values[-1], rel=1e-6), key
+    screen = logs.summary_screen(summary)
+    corrected = f"{100 * summary['final_meta_accuracy_on_mislabelled']:.2f}% corrected"
+    assert re.search(rf"meta on mislabelled +{re.escape(corrected)}", screen), screen
+    assert f"{100 * summary['final_meta_change_rate']:.2f}% of D'" in screen
+
+    # Figures: the curves, the meta diagnostics and the correction heatmaps (all of D'; the
+    # mislabelled and correct examples apart), real PNG files.
+    label = "ebomlc_paper_uniform-0.6_seed_0"
+    names = ["curves.png", "meta_diagnostics.png", f"heatmap_{label}.png",
+             f"heatmap_groups_{label}.png"]  # fmt: skip
+    assert sorted(p.name for p in workdir.glob("*.png")) == sorted(names)
+    for png in (workdir / name for name in names):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
@@ -196,6 +225,25 @@ def test_command_line_prints_progress_and_summary(tmp_path, env):
     proc = run_py(["--config=tests/tiny_config.py", f"--workdir={workdir}"], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    # The banner, then a line when compilation starts and one when it ends.
+    assert re.search(
+        r"^ebomlc_jax: ebomlc/paper on digits \(uniform noise 0\.6\), seed 0$", out, re.M
+    )
+    assert re.search(r"^  devices: 4 x cpu \(cpu\), parallel\.mode=jit$", out, re.M), out
+    assert "  steps: 3 epochs x 3 = 9; from scratch" in out
+    assert re.search(rf"^  workdir: {re.escape(str(workdir))}$", out, re.M)
+    assert (
+        out.index("compiling the training epoch") < out.index("compiled in") < out.index("epoch 1")
+    )
+    # Inside epochs when a multiple of log_every_steps (2) is crossed, except at an epoch's last
+    # step; then each epoch.
+    for step in (2, 5, 8):
+        epoch = -(-step // 3)
+        assert re.search(
+            rf"^epoch {epoch}/3 \.\.\.  step {step}/9  (- |[\d.]+ )steps/s  ETA \S+  \|  G \S+  F ",
+            out,
+            re.M,
+        ), out
     for e in (1, 2, 3):
         assert re.search(
             rf"^epoch {e}/3  step {3 * e}/9  [\d.]+ steps/s  ETA \S+  \|  .*test [\d.]+  "
@@ -512,14 +560,14 @@ BAD_INPUT = [
         r"method\.ebomlc\.rho=0\.0 is not allowed; allowed values: a number in \(0, 1\]",
     ),
     ({"method.ebomlc.rho": 1.5}, r"method\.ebomlc\.rho=1\.5 .*a number in \(0, 1\]"),
-    ({"method.ebomlc.xi": 0.0}, r"method\.ebomlc\.xi=0\.0 .*a number in \(0, 1\)"),
-    ({"method.ebomlc.xi": 1.0}, r"method\.ebomlc\.xi=1\.0 .*a number in \(0, 1\)"),
+    ({"method.ebomlc.xi": 0.0}, r"method\.ebomlc\.xi=0\.0 .*a number in \(0, 1\]"),
+    ({"method.ebomlc.xi": 1.5}, r"method\.ebomlc\.xi=1\.5 .*a number in \(0, 1\]"),
     ({"method.ebomlc.delta": 0.0}, r"method\.ebomlc\.delta=0\.0 .*a number in \(0, inf\]"),
     ({"method.ebomlc.delta": -0.25}, r"method\.ebomlc\.delta=-0\.25 .*a number in \(0, inf\]"),
     ({"noise.rate": -0.1}, r"noise\.rate=-0\.1 .*a number in \[0, 1\]"),
     ({"noise.rate": 1.2}, r"noise\.rate=1\.2 .*a number in \[0, 1\]"),
     ({"noise.kind": "gaussian"}, r"noise\.kind='gaussian' .*'uniform', 'flip', 'pair'"),
-    ({"method.name": "sgd"}, r"method\.name='sgd' .*'ce', 'ebomlc', 'mlc', 'mlc_d'"),
+    ({"method.name": "sgd"}, r"method\.name='sgd' .*\('ce', .*'ebomlc', .*'mlc', 'mlc_d'"),
     ({"method.ebomlc.variant": "v2"}, r"method\.ebomlc\.variant='v2' .*'paper', 'reference'"),
     ({"data.dataset": "mnist"}, r"data\.dataset='mnist' .*'cifar10', 'cifar100', 'digits'"),
     # 1,438 digits, 10 classes: round(0.003 * 1438 / 10) = 0 clean examples per class.
@@ -603,6 +651,25 @@ def boolean_fields() -> list[str]:
         for name, value in config_leaves(config).items()
         if isinstance(value, bool) or name.endswith("q_as_optimizer_delta")
     )
+
+
+def test_cifar_without_tensorflow_says_what_to_install(tmp_path, monkeypatch):
+    """TensorFlow is an extra: a digits run needs none; CIFAR and tf_data say what is missing."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("tensorflow") else real(name, *a),
+    )
+    for overrides in ({"data.dataset": "cifar10"}, {"data.input": "tf_data"}):
+        check_bad_input(
+            overrides,
+            r"needs tensorflow and tensorflow_datasets, not installed: pip install "
+            r"'ebomlc_jax\[cifar\]'",
+            tmp_path,
+            monkeypatch,
+        )
+    validate.validate(tiny())  # digits on the device: nothing missing
 
 
 def test_every_config_field_has_a_bad_input_test():

@@ -210,7 +210,7 @@ def tf_dataset(
     ):
         raise errors.allowed("num_steps", num_steps, "None or an integer >= 0")
     _index_stream(key, n, batch_size, start_step, field)  # Raise bad input here, not in tf.data.
-    import tensorflow as tf  # Lazy: importing the package must stay fast.
+    tf = sources.import_tensorflow()  # Lazy: importing the package must stay fast.
 
     def generate():
         # A fresh index stream per iteration of the dataset, so re-iterating starts over.

@@ -51,6 +51,18 @@ def normalize(images, mean, std):
     return (xp.asarray(images).astype(xp.float32) / 255.0 - mean) / std
 
 
+def import_tensorflow():
+    """TensorFlow, for tfds and tf.data only: quiet, and kept off the GPUs (JAX has them)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before its C++ library loads
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already started its devices (set by whoever started it)
+        pass
+    return tf
+
+
 def load_source(name: str, data_dir: str | None = None, download: bool = False) -> Source:
     """Loads `name` (one of DATASETS) fully into host memory."""
     if name not in DATASETS:
@@ -62,6 +74,7 @@ def load_source(name: str, data_dir: str | None = None, download: bool = False) 
 
 def _load_tfds(name: str, data_dir: str | None, download: bool) -> Source:
     """CIFAR through tensorflow-datasets; a missing dataset becomes a DatasetUnavailableError."""
+    import_tensorflow()
     import tensorflow_datasets as tfds  # Lazy: importing the package must stay fast.
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 

@@ -28,7 +28,7 @@ def logit_probability_mixture(
 @register("ebomlc")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EBOMLC(label_correction.LabelCorrection):
-    """EBOMLC; `variant` picks the paper's equations or the released code (reference notes 4)."""
+    """EBOMLC; `variant`: the paper's equations or the released code (reference notes 4)."""
 
     variant: str = "paper"
     rho: float = 0.2
@@ -43,7 +43,7 @@ class EBOMLC(label_correction.LabelCorrection):
         return {
             "variant": "paper",  # paper (Algorithm 2) | reference (the released step_ebomlc)
             "rho": 0.2,  # Eq. 9 mixture weight
-            "xi": 0.5,  # Eq. 12 scale of beta-bar
+            "xi": 0.5,  # Eq. 12 scale of beta-bar in (0, 1]: Eq. 12 asks (0, 1), Fig. 9 runs 1 too
             "delta": 0.25,  # Eq. 10-11 barrier
             "k": 1,  # inner steps of the value gap Q (Eq. 8: one; Fig. 7 tries 1, 2, 5); paper only
             "keep_inner_step": True,  # DEVIATES from Algorithm 2's text (optimiser step from w):
@@ -65,7 +65,7 @@ class EBOMLC(label_correction.LabelCorrection):
         super().check(hp)
         check_choice(cls.field("variant"), hp["variant"], VARIANTS)
         check_number(cls.field("rho"), hp["rho"], 0, 1, low_open=True)
-        check_number(cls.field("xi"), hp["xi"], 0, 1, low_open=True, high_open=True)
+        check_number(cls.field("xi"), hp["xi"], 0, 1, low_open=True)
         check_number(cls.field("delta"), hp["delta"], 0, float("inf"), low_open=True)
         check_number(cls.field("k"), hp["k"], 1, float("inf"), high_open=True, integer=True)
         if hp["variant"] == "reference" and hp["k"] != 1:
@@ -104,7 +104,7 @@ class EBOMLC(label_correction.LabelCorrection):
         return state, self._measure(aux, lr, noisy_batch)
 
     def _reference_step(self, state, noisy_batch, clean_batch):
-        """The released `step_ebomlc` (reference notes 4, items 1-8; no eta quirk).
+        """The released `step_ebomlc` (docs/reference_notes.md, section 4, items 1-8; no eta quirk).
 
         u_F = -eta (mu b + grad_w F + lambda w); w1 = w + sgd_delta(grad_w G(w)) is kept;
         beta = xi relu((delta ||dQ||^2 - <dQ_w, u_F>) / (||dQ||^2 + 1e-8));

@@ -17,9 +17,10 @@ class MLC(label_correction.LabelCorrection):
     """v = grad_w G(w); w' = w - eta (mu b + v + lambda w); meta: d/d alpha CE_clean(w'(alpha)).
 
     With k = 1 the released code's accumulated gamma term is always multiplied by zero, so the
-    meta gradient is the exact one-step unrolled hypergradient (reference notes 5). The meta
-    network is EBOMLC's (`config.model.meta_*`: dropout and BN, N(0, 1) label embedding), as in
-    the authors' `step_mlc`; microsoft/MLC's has neither and a Xavier embedding.
+    meta gradient is the exact one-step unrolled hypergradient (docs/reference_notes.md, section
+    6). The meta network is EBOMLC's (`config.model.meta_*`: dropout and BN, N(0, 1) label
+    embedding), as in the authors' `step_mlc`; microsoft/MLC's has neither and a Xavier
+    embedding.
     """
 
     @classmethod

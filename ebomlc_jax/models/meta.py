@@ -1,4 +1,7 @@
-"""The label-correction network g_alpha(h(x), y) of the released EBOMLC code (REFERENCE_NOTES 2)."""
+"""The label-correction network g_alpha(h(x), y) of the released EBOMLC code.
+
+As described in docs/reference_notes.md, section 2.
+"""
 
 from typing import Any
 
