@@ -104,3 +104,19 @@ def test_config_block_defaults_are_the_methods_own(name):
         if f.name not in {g.name for g in dataclasses.fields(methods.Method)}
     }
     assert hp == defaults
+
+
+@pytest.mark.parametrize("name", sorted(methods.REGISTRY))
+def test_an_eager_init_can_be_donated_to_the_jitted_step(name):
+    """`state = method.init(...)` outside jit, then `jax.jit(method.step, donate_argnums=0)` (the
+    README's research-code use): no buffer may appear twice in the state, or donation fails."""
+    config = tiny({"method.name": name})
+    data = train.load_data(config, config.seed)
+    spec = train.batch_spec(config, data)
+    method = train.build_method(
+        config, data.num_classes, spec.steps_per_epoch, None, data.num_noisy
+    )
+    state = method.init(jax.random.key(0), normalize(data.images[:1], data.mean, data.std))
+    arrays = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
+    pointers = [x.unsafe_buffer_pointer() for x in arrays if x.size]
+    assert len(pointers) == len(set(pointers))

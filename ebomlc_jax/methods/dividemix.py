@@ -198,14 +198,15 @@ class DivideMix(common.Method):
         k_main, k_peer = jax.random.split(rng)
         state = super().init(k_main, sample_images)
         peer = common.init_network(self.main_model, k_peer, sample_images)
-        table = jnp.zeros(self.num_noisy, jnp.float32)
-        history = jnp.zeros((self.loss_average_epochs, self.num_noisy), jnp.float32)
+        # One array per network (not one shared): a donated state must not hold a buffer twice.
+        table = lambda: jnp.zeros(self.num_noisy, jnp.float32)  # noqa: E731
+        history = lambda: jnp.zeros((self.loss_average_epochs, self.num_noisy), jnp.float32)  # noqa: E731
         return {
             **state,
             "peer": peer,
             "peer_opt": self.main_tx.init(peer["params"]),
-            "clean_prob": {n: table for n in NETS},  # each network's division of D'
-            "loss_history": {n: history for n in NETS},  # normalised losses, newest first
+            "clean_prob": {n: table() for n in NETS},  # each network's division of D'
+            "loss_history": {n: history() for n in NETS},  # normalised losses, newest first
             "divisions": jnp.zeros((), jnp.int32),
         }
 
