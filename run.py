@@ -47,7 +47,11 @@ def load_config():
         return config
     except OSError as e:
         given = config_flags.get_config_filename(FLAGS["config"])
-        files = sorted(str(p.relative_to(HERE)) for p in (HERE / "configs").glob("[!_]*.py"))
+        files = sorted(
+            str(p.relative_to(HERE))
+            for p in (HERE / "configs").glob("*.py")
+            if "def get_config" in p.read_text()
+        )
         raise allowed(
             "--config", given, f"a .py file with get_config(), e.g. one of {files}"
         ) from e

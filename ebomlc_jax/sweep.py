@@ -1,8 +1,9 @@
 """Run a family of runs (the paper's tables, its ablations, the digits study) with `run.py`.
 
-    python -m ebomlc_jax.sweep --root=DIR --family=table1|table2|k|rho|xi|variants|digits
-        [--methods=a,b] [--seeds=0,1,2] [--settings=a,b|all] [--set key=value ...]
-        [--runs-per-device=N] [--print-commands] [--config=FILE]
+    python -m ebomlc_jax.sweep --root=DIR
+        --family=table1|table2|k|rho|xi|variants|digits|digits_ablations [--methods=a,b]
+        [--seeds=0,1,2] [--settings=a,b|all] [--set key=value ...] [--runs-per-device=N]
+        [--print-commands] [--config=FILE]
 
 A family is a grid of settings (a config file plus config overrides); each (setting, method, seed)
 is one run, `python run.py --config=<file> --config.method.name=<m> --config.seed=<s>
@@ -14,6 +15,8 @@ is one run, `python run.py --config=<file> --config.method.name=<m> --config.see
   variants        method.ebomlc.variant paper | reference on the table settings; by default the
                   40%/80% uniform and 40% flip cells of both datasets (--settings=all: all 14)
   digits          configs/digits_study.py at 60% uniform and 40% flip noise; every method
+  digits_ablations  EBOMLC's k, rho and xi (the values above) on configs/digits_study.py, 60%
+                  uniform noise: the ablations a CPU can run
 The table and digits families run the CE floors as three methods: `ce`, `ce-noisy`, `ce-clean`
 (method ce with method.ce.train_on=both|noisy|clean). --config=FILE replaces the config file of
 every setting (the overrides stay).
@@ -25,8 +28,9 @@ Layout under --root (stable names of [A-Za-z0-9._-]):
                    overrides {field: value} and the command (written before each start)
       sweep.log    run.py's output, appended per start, each start under a "=== sweep" line
 Settings are named `<config stem>` (table1/2), `<stem>-k<k>`, `<stem>-rho<rho>`, `<stem>-xi<xi>`,
-`<stem>-<variant>` and `digits_uniform60`, `digits_flip40`; run directories are grouped for
-tables by their summary.json and config, so the names are for people and scripts.
+`<stem>-<variant>`, `digits_uniform60`, `digits_flip40` and `digits_uniform60-k<k>` (etc.); run
+directories are grouped for tables by their summary.json and config, so the names are for people
+and scripts.
 
 A run is finished when its summary.json exists and its config's num_epochs equals that of the
 workdir's config.json (the latest start) and of `--set num_epochs=N` if given; finished runs are
@@ -49,12 +53,12 @@ from ebomlc_jax.errors import ConfigError, allowed
 from ebomlc_jax.sweep_grid import (
     DEFAULT_SETTINGS,
     FAMILIES,
-    FLOORS,
     REPO,
     Setting,
     allowed_methods,
     method_overrides,
     registered_methods,
+    registered_name,
 )
 
 FIELD = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -79,7 +83,7 @@ class Run:
 
     def command(self, python: str = sys.executable) -> list[str]:
         """The run.py command line of this run."""
-        registered = "ce" if self.method in FLOORS else self.method
+        registered = registered_name(self.method)
         return [
             python,
             str(REPO / "run.py"),

@@ -1,10 +1,11 @@
-"""The families of `ebomlc_jax.sweep`: each a grid of settings (a config file and overrides),
-and the methods a family runs (the registered ones, `ce` as its three floors). No JAX here."""
+"""The families of `ebomlc_jax.sweep` (defined in configs/sweeps.py) as settings, and the methods
+a family runs (the registered ones, aliases in their place). No JAX here."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import pathlib
@@ -15,9 +16,6 @@ from collections.abc import Sequence
 from ebomlc_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]  # the checkout: run.py, configs/
-TABLE_CELLS = ("uniform0", "uniform20", "uniform40", "uniform60", "uniform80", "flip20", "flip40")
-FLOORS = {"ce": "both", "ce-noisy": "noisy", "ce-clean": "clean"}  # method.ce.train_on
-EBOMLC_ONLY = ("k", "rho", "xi", "variants")  # families that sweep an EBOMLC field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,61 +27,27 @@ class Setting:
     overrides: tuple[tuple[str, str], ...] = ()
 
 
-def _swept(stems: Sequence[str], field: str, values: Sequence[str], label: str) -> list[Setting]:
-    """The settings of an EBOMLC ablation: every config stem at every value of one field."""
-    return [
-        Setting(f"{s}-{label}{v}", f"configs/{s}.py", ((f"method.ebomlc.{field}", v),))
-        for s in stems
-        for v in values
-    ]
+def _load_families():
+    """configs/sweeps.py, the families' definitions (loaded by path: configs/ is not a package
+    of the library)."""
+    spec = importlib.util.spec_from_file_location("sweep_families", REPO / "configs" / "sweeps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _table(dataset: str) -> list[Setting]:
-    return [Setting(f"{dataset}_{c}", f"configs/{dataset}_{c}.py") for c in TABLE_CELLS]
-
-
-UNIFORM_20_40_80 = ("uniform20", "uniform40", "uniform80")
+_DEFINED = _load_families()
 FAMILIES: dict[str, list[Setting]] = {
-    "table1": _table("cifar10"),
-    "table2": _table("cifar100"),
-    # Fig. 7: the text of Section VI-C1 names CIFAR-10 at 20%, 40% and 80% uniform noise (the
-    # caption's "20%, 40% and 40%" contradicts its own text's 80% results).
-    "k": _swept([f"cifar10_{c}" for c in UNIFORM_20_40_80], "k", ("1", "2", "5"), "k"),
-    "rho": _swept(
-        [f"{d}_{c}" for d in ("cifar10", "cifar100") for c in UNIFORM_20_40_80],
-        "rho",
-        ("0.1", "0.2", "0.4", "0.8"),
-        "rho",
-    ),
-    "xi": _swept(["cifar10_uniform40"], "xi", ("0.01", "0.05", "0.5", "1"), "xi"),
-    "variants": _swept(
-        [f"{d}_{c}" for d in ("cifar10", "cifar100") for c in TABLE_CELLS],
-        "variant",
-        ("paper", "reference"),
-        "",
-    ),
-    "digits": [
-        Setting(
-            "digits_uniform60",
-            "configs/digits_study.py",
-            (("noise.kind", "uniform"), ("noise.rate", "0.6")),
-        ),
-        Setting(
-            "digits_flip40",
-            "configs/digits_study.py",
-            (("noise.kind", "flip"), ("noise.rate", "0.4")),
-        ),
-    ],
+    name: [Setting(n, c, tuple(o)) for n, c, o in grid] for name, grid in _DEFINED.FAMILIES.items()
 }
-# Families whose default is a subset of their grid (--settings=all runs the whole grid).
-DEFAULT_SETTINGS = {
-    "variants": tuple(
-        f"{d}_{c}-{v}"
-        for d in ("cifar10", "cifar100")
-        for c in ("uniform40", "uniform80", "flip40")
-        for v in ("paper", "reference")
-    )
-}
+DEFAULT_SETTINGS: dict[str, tuple[str, ...]] = _DEFINED.DEFAULT_SETTINGS
+METHOD_ALIASES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = _DEFINED.METHOD_ALIASES
+SINGLE_METHOD: dict[str, str] = _DEFINED.SINGLE_METHOD
+
+
+def registered_name(method: str) -> str:
+    """The registered method a sweep's method name runs (an alias's target, else itself)."""
+    return METHOD_ALIASES[method][0] if method in METHOD_ALIASES else method
 
 
 @functools.cache
@@ -103,19 +67,17 @@ def registered_methods() -> tuple[str, ...]:
 
 
 def method_overrides(registered: Sequence[str]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """The sweep's method names -> their config overrides: each registered method, and `ce` as
-    its three floors."""
+    """The sweep's method names -> their config overrides: each registered method, or in its
+    place its aliases (ce: its three floors)."""
     out: dict[str, tuple[tuple[str, str], ...]] = {}
     for name in registered:
-        if name == "ce":
-            out.update({f: (("method.ce.train_on", on),) for f, on in FLOORS.items()})
-        else:
-            out[name] = ()
+        aliases = {a: o for a, (target, o) in METHOD_ALIASES.items() if target == name}
+        out.update(aliases or {name: ()})
     return out
 
 
 def allowed_methods(family: str, registered: Sequence[str]) -> tuple[str, ...]:
-    """The methods a family may run (its default): EBOMLC alone for its ablations."""
-    if family in EBOMLC_ONLY:
-        return ("ebomlc",)
+    """The methods a family may run (its default): its one method for a method's ablation."""
+    if family in SINGLE_METHOD:
+        return (SINGLE_METHOD[family],)
     return tuple(method_overrides(registered))

@@ -10,7 +10,8 @@ import pytest
 from matplotlib import image as mpimg
 from test_tables import REPO, write_run
 
-from ebomlc_jax.analysis import ablations, tables
+from ebomlc_jax.analysis import ablations
+from ebomlc_jax.analysis import runs as runs_lib
 
 K, RHO, VARIANT = ablations.ABLATIONS[0], ablations.ABLATIONS[1], ablations.ABLATIONS[3]
 
@@ -49,7 +50,7 @@ def write_ablation_runs(root):
 
 def test_groups_share_everything_but_the_ablated_field(tmp_path):
     write_ablation_runs(tmp_path)
-    runs = tables.find_runs_under([tmp_path])
+    runs = runs_lib.find_runs([tmp_path])
     k_groups = ablations.ablation_groups(runs, K)
     assert [(g.setting, g.row, g.values) for g in k_groups] == [
         (("uniform", 0.2), "ebomlc/paper", (1, 2)),
@@ -78,7 +79,7 @@ def test_groups_share_everything_but_the_ablated_field(tmp_path):
 def test_mean_curve_over_runs_of_different_lengths(tmp_path):
     a = write_run(tmp_path / "a", curves={"eval/clean_loss": [1.0, 2.0, 3.0]})
     b = write_run(tmp_path / "b", curves={"eval/clean_loss": [3.0, 4.0]})
-    band = ablations.mean_curve(tables.find_runs_under([a, b]), "eval/clean_loss")
+    band = ablations.mean_curve(runs_lib.find_runs([a, b]), "eval/clean_loss")
     np.testing.assert_array_equal(band.epochs, [1, 2, 3])
     np.testing.assert_allclose(band.mean, [2.0, 3.0, 3.0])
     np.testing.assert_allclose(band.std, [np.sqrt(2), np.sqrt(2), 0.0])
@@ -100,22 +101,37 @@ def test_cli_writes_readable_pngs_and_describes_them(tmp_path, capsys):
     assert names == [str(out / n) for n in (
         "k_cifar10_uniform20.png", "k_cifar10_uniform40.png", "rho_cifar10_uniform40.png",
         "rho_cifar10_uniform40_2.png", "variant_cifar10_uniform40.png",
+        "curves_cifar10_uniform20.png", "curves_cifar10_uniform40.png",
         "meta_diagnostics_cifar10_uniform40.png")]  # fmt: skip
     assert lines[1].endswith("ebomlc/paper, cifar10 uniform-40%; k in 1, 2, 5")
     assert lines[2].endswith("rho in 0.2, 0.8; k=1") and lines[3].endswith("rho in 0.2, 0.4; k=2")
-    assert lines[5].endswith("rows: mlc")
+    # Every row of a setting in its learning curves; only the meta-model method in diagnostics.
+    assert lines[6].startswith(f"{names[6]}: learning curves, cifar10 uniform-40%; rows: ")
+    assert "mlc" in lines[6].split("rows: ")[1].split(", ")
+    assert "ebomlc/paper (k=2)" in lines[6].split("rows: ")[1].split(", ")
+    assert lines[7].endswith("rows: mlc")
     images = [mpimg.imread(name) for name in names]
     for image in images[:5]:
         assert image.shape == (432, 1530, 4) and image.std() > 0.05
-    assert images[5].shape == (765, 1080, 4) and images[5].std() > 0.05
+    for image in images[5:7]:  # two panels
+        assert image.shape == (382, 1080, 4) and image.std() > 0.05
+    assert images[7].shape == (765, 1080, 4) and images[7].std() > 0.05  # four panels
     assert not np.array_equal(images[0], images[1])
+    assert not np.array_equal(images[5], images[6])
 
 
 def test_no_groups_says_so(tmp_path, capsys):
-    write_run(tmp_path / "r")
+    write_run(tmp_path / "r", curves={"eval/clean_accuracy": [0.5]})  # no curve of any figure
     assert ablations.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
-    assert capsys.readouterr().out == "no ablation groups and no meta-model diagnostics in 1 runs\n"
+    assert capsys.readouterr().out == (
+        "no ablation groups, learning curves or meta-model diagnostics in 1 runs\n"
+    )
     assert list((tmp_path / "out").iterdir()) == []
+    write_run(tmp_path / "s", seed=1)  # a run with curves: its learning curves alone
+    assert ablations.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out" / "curves_cifar10_uniform40.png"
+    assert capsys.readouterr().out.startswith(f"{out}: learning curves, cifar10 uniform-40%")
+    assert list((tmp_path / "out").iterdir()) == [out]
 
 
 @pytest.mark.parametrize(
@@ -140,7 +156,7 @@ def test_cli_bad_root_gives_one_line(tmp_path, capsys):
         ablations.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert capsys.readouterr().err == (
         f"python -m ebomlc_jax.analysis.ablations: error: {tmp_path / 'empty'}: "
-        "no metrics.jsonl in it or below it\n"
+        "no metrics.jsonl in it or in its subdirectories\n"
     )
 
 

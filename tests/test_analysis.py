@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from ebomlc_jax.analysis import figures, runs, tables
+from ebomlc_jax.analysis import figures, runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -341,52 +341,6 @@ def test_figures_cli_reports_bad_directory(tmp_path, capsys):
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 
-def test_paper_table_means_stds_and_column_order(tmp_path):
-    for seed, acc in enumerate((0.88, 0.89, 0.90)):
-        write_run(tmp_path / f"e40_{seed}", seed=seed, best=acc, wall=100.0)
-    write_run(tmp_path / "ef20", kind="flip", rate=0.2, best=0.9123, wall=200.0)
-    write_run(tmp_path / "pair", kind="pair", rate=0.3, best=0.5, wall=150.0)
-    for seed, acc in enumerate((0.60, 0.64)):
-        write_run(
-            tmp_path / f"m{seed}", method="mlc_d", variant=None, seed=seed, best=acc, wall=450.0
-        )
-    write_run(tmp_path / "ce0", method="ce", variant=None, rate=0.0, best=0.93, wall=50.0)
-    write_run(tmp_path / "c100", dataset="cifar100", best=0.58, wall=10.0)
-    write_run(tmp_path / "unfinished", summary=False)
-    text = tables.paper_table(runs.find_runs(sorted(tmp_path.iterdir())))
-
-    lines = text.splitlines()
-    c10 = lines[lines.index("### cifar10 (paper Table I)") + 2 :]
-    header = [c.strip() for c in c10[0].strip("|").split("|")]
-    assert header == ["Method", "uniform-0%", "uniform-20%", "uniform-40%", "uniform-60%",
-                      "uniform-80%", "flip-20%", "flip-40%", "pair-30%",
-                      "Training Time (× ebomlc/paper)"]  # fmt: skip
-    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in c10[2:5]}
-    assert list(rows) == ["ce", "mlc_d", "ebomlc/paper"]
-    assert rows["ebomlc/paper"][3] == "89.00 ± 1.00 (n=3)"
-    assert rows["ebomlc/paper"][6] == "91.23 (n=1)"
-    assert rows["ebomlc/paper"][8] == "50.00 (n=1)"
-    assert rows["ebomlc/paper"][9] == "1.00×"  # its own mean: (3 * 100 + 200 + 150) / 5 = 130
-    assert rows["mlc_d"][3] == f"62.00 ± {np.std([60, 64], ddof=1):.2f} (n=2)"
-    assert rows["mlc_d"][9] == f"{450 / 130:.2f}×"
-    assert rows["ce"][1] == "93.00 (n=1)" and rows["ce"][2] == "–"
-    assert "### cifar100 (paper Table II)" in lines
-    assert "unfinished (unfinished: no summary.json)" in text
-    assert "(paper" not in "".join(c10[2:5])
-
-
-def test_paper_table_with_paper_rows(tmp_path):
-    write_run(tmp_path / "e", variant="paper", best=0.9)
-    write_run(tmp_path / "r", variant="reference", best=0.91)
-    write_run(tmp_path / "m", method="mlc", variant=None, best=0.86)
-    text = tables.paper_table(runs.find_runs(sorted(tmp_path.iterdir())), with_paper=True)
-    names = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
-    assert names == ["Method", "mlc", "*MLC (paper, Table I)*", "ebomlc/paper", "ebomlc/reference",
-                     "*EBOMLC (paper, Table I)*"]  # fmt: skip
-    ebomlc_paper = next(line for line in text.splitlines() if "EBOMLC (paper" in line)
-    assert "| 92.92 | 92.18 | 89.58 | 83.51 | 76.02 | 90.74 | 90.54 | 1.00× |" in ebomlc_paper
-
-
 def test_cli_modules_run_without_jax(tmp_path):
     write_run(tmp_path / "exp" / "seed_0")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -398,7 +352,7 @@ def test_cli_modules_run_without_jax(tmp_path):
     )  # fmt: skip
     assert done.stdout == out.read_text() and "89.58" in done.stdout
     check = (
-        "import sys, ebomlc_jax.analysis as a, matplotlib; a.paper_table; a.training_curves; "
+        "import sys, ebomlc_jax.analysis as a, matplotlib; a.report; a.training_curves; "
         "assert not {'jax', 'tensorflow'} & set(sys.modules), 'imported jax or tensorflow'; "
         "assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()"
     )

@@ -18,6 +18,11 @@ from ebomlc_jax.errors import ConfigError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tiny_config.py"
 CELLS = ("uniform0", "uniform20", "uniform40", "uniform60", "uniform80", "flip20", "flip40")
+K, RHO, XI = (
+    ("1", "2", "5"),
+    ("0.1", "0.2", "0.4", "0.8"),
+    ("0.01", "0.05", "0.5", "1"),
+)  # Figs. 7-9
 FLOOR = "method.ce.train_on"
 PAPER_METHODS = {
     "ebomlc",
@@ -49,14 +54,20 @@ def expected_settings(family: str, all_settings: bool = False) -> dict[str, tupl
             "digits_uniform60": (str(TINY), {"noise.kind": "uniform", "noise.rate": "0.6"}),
             "digits_flip40": (str(TINY), {"noise.kind": "flip", "noise.rate": "0.4"}),
         }
+    if family == "digits_ablations":
+        return {
+            f"digits_uniform60-{f}{v}": (str(TINY), {f"method.ebomlc.{f}": v})
+            for f, values in (("k", K), ("rho", RHO), ("xi", XI))
+            for v in values
+        }
     field, values, stems = {
-        "k": ("k", ("1", "2", "5"), [f"cifar10_uniform{r}" for r in (20, 40, 80)]),
+        "k": ("k", K, [f"cifar10_uniform{r}" for r in (20, 40, 80)]),
         "rho": (
             "rho",
-            ("0.1", "0.2", "0.4", "0.8"),
+            RHO,
             [f"{d}_uniform{r}" for d in ("cifar10", "cifar100") for r in (20, 40, 80)],
         ),
-        "xi": ("xi", ("0.01", "0.05", "0.5", "1"), ["cifar10_uniform40"]),
+        "xi": ("xi", XI, ["cifar10_uniform40"]),
         "variants": (
             "variant",
             ("paper", "reference"),
@@ -110,12 +121,13 @@ def print_commands(args: list[str], capsys) -> list[str]:
         ("variants", []),
         ("variants", ["--settings=all"]),
         ("digits", [f"--config={TINY}"]),
+        ("digits_ablations", [f"--config={TINY}"]),
     ],
 )
 def test_every_family_prints_exactly_its_grid(family, extra, tmp_path, capsys):
     lines = print_commands([f"--root={tmp_path}", f"--family={family}", *extra], capsys)
     settings = expected_settings(family, "--settings=all" in extra)
-    ablation = family in ("k", "rho", "xi", "variants")
+    ablation = family in ("k", "rho", "xi", "variants", "digits_ablations")
     methods_ = {"ebomlc": {}} if ablation else every_method()
     expected = [
         (family, name, m, seed, config, "ce" if m.startswith("ce") else m, {**over, **m_over})
@@ -128,7 +140,7 @@ def test_every_family_prints_exactly_its_grid(family, extra, tmp_path, capsys):
     assert sorted(map(key, got)) == sorted(map(key, expected))
     assert len(got) == len(settings) * len(methods_) * 3
     assert [r[3] for r in got] == sorted(r[3] for r in got)  # seed 0 of everything first
-    if family != "digits":
+    if not family.startswith("digits"):
         assert all((ROOT / r[4]).is_file() for r in got)
 
 

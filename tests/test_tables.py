@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ebomlc_jax.analysis import tables
+from ebomlc_jax.analysis import cells, paper, tables
+from ebomlc_jax.analysis import runs as runs_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ COL = {U20: 1, U40: 2, F20: 5, "rank": 7, "time": 8}
 
 def test_cells_marks_ties_ranks_and_time(tmp_path):
     write_grid(tmp_path)
-    text = tables.report(tables.find_runs_under([tmp_path]))
+    text = tables.report(runs_lib.find_runs([tmp_path]))
     rows = markdown_rows(text, C10)
     assert list(rows) == ["Method", "ce", "ce/noisy", "mlc", "ebomlc/paper",
                           "ebomlc/paper (rho=0.8)"]  # fmt: skip
@@ -207,7 +208,7 @@ def test_ranks_recomputed_from_the_paper_match_its_avg_rank_column():
     }
     for dataset, column in printed.items():
         ranks = tables.paper_ranks(dataset)
-        assert [round(ranks[m], 2) for m in tables.PAPER_RESULTS[dataset]] == list(column)
+        assert [round(ranks[m], 2) for m in paper.PAPER_RESULTS[dataset]] == list(column)
 
 
 def latex_table(text, caption):
@@ -224,7 +225,7 @@ def latex_table(text, caption):
 def test_latex_parses_with_escapes_marks_and_balanced_groups(tmp_path):
     write_grid(tmp_path)
     write_run(tmp_path / "mlcd", method="mlc_d", variant=None, rate=0.2, best=0.6)
-    text = tables.report(tables.find_runs_under([tmp_path]), fmt="latex", with_paper=True)
+    text = tables.report(runs_lib.find_runs([tmp_path]), fmt="latex", with_paper=True)
     caption = r"cifar10 (paper Table I): test accuracy (\%) at the best clean-set epoch"
     rows = latex_table(text, caption)
     assert rows[0][:3] == ["Method", r"uniform-0\%", r"uniform-20\%"]
@@ -258,7 +259,7 @@ def test_latex_parses_with_escapes_marks_and_balanced_groups(tmp_path):
 
 def test_comparison_with_the_paper(tmp_path):
     write_grid(tmp_path)
-    text = tables.report(tables.find_runs_under([tmp_path]), compare=True)
+    text = tables.report(runs_lib.find_runs([tmp_path]), compare=True)
     rows = markdown_rows(text, "cifar10 (paper Table I): ours / paper (ours - paper), "
                                "test accuracy (%)")  # fmt: skip
     assert list(rows) == ["Method", "mlc", "ebomlc/paper"]  # no CE, no config-split rows
@@ -289,7 +290,7 @@ def write_paired(root):
 
 def test_paired_differences_and_t_interval(tmp_path):
     write_paired(tmp_path)
-    items, _ = tables.entries(tables.find_runs_under([tmp_path]))
+    items, _ = cells.entries(runs_lib.find_runs([tmp_path]))
     pairs = {p.row: p for p in tables.paired_differences(items, "ce")["digits"]}
     assert set(pairs) == {"ce/noisy", "mlc", "ebomlc/paper"}
     ebomlc = pairs["ebomlc/paper"]
@@ -302,7 +303,7 @@ def test_paired_differences_and_t_interval(tmp_path):
     np.testing.assert_allclose(pairs["ce/noisy"].differences, [-10, -15, -14], atol=1e-9)
     assert pairs["mlc"].n == 1 and pairs["mlc"].interval() is None
 
-    text = tables.report(tables.find_runs_under([tmp_path]), paired_against="ce")
+    text = tables.report(runs_lib.find_runs([tmp_path]), paired_against="ce")
     rows = markdown_rows(text, "digits: paired difference from ce (points)")
     assert rows["Method"] == ["uniform-60%"]
     assert rows["ebomlc/paper"] == [f"+4.67 [{expected.low:+.2f}, {expected.high:+.2f}] (n=3)"]
@@ -319,24 +320,24 @@ def test_config_split_rows_name_their_fields_and_a_two_field_run_stays_apart(tmp
     write_run(tmp_path / "k2", config={"method.ebomlc.k": 2})
     write_run(tmp_path / "k2rho", config={"method.ebomlc.k": 2, "method.ebomlc.rho": 0.4})
     write_run(tmp_path / "long", config={"num_epochs": 120, "parallel.mode": "pmap"})
-    items, _ = tables.entries(tables.find_runs_under([tmp_path]))
+    items, _ = cells.entries(runs_lib.find_runs([tmp_path]))
     assert sorted({e.row for e in items}) == ["ebomlc/paper", "ebomlc/paper (k=2)",
                                               "ebomlc/paper (k=2, rho=0.4)",
                                               "ebomlc/paper (num_epochs=120)"]  # fmt: skip
     assert sum(e.main for e in items) == 4
 
 
-def test_find_runs_under_walks_the_sweep_layout_in_natural_order(tmp_path):
+def test_find_runs_walks_the_sweep_layout_in_natural_order(tmp_path):
     for seed in (10, 2):
         write_run(tmp_path / "table" / "uniform40" / "ebomlc" / f"seed{seed}", seed=seed)
     write_run(tmp_path / "table" / "uniform40" / "ebomlc" / "seed2" / "checkpoints" / "x")
-    found = tables.find_runs_under([tmp_path, tmp_path / "table"])
+    found = runs_lib.find_runs([tmp_path, tmp_path / "table"])
     names = [r.path.relative_to(tmp_path).as_posix() for r in found]
     assert names == ["table/uniform40/ebomlc/seed2", "table/uniform40/ebomlc/seed2/checkpoints/x",
                      "table/uniform40/ebomlc/seed10"]  # fmt: skip
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="empty: no metrics.jsonl in it or below it"):
-        tables.find_runs_under([tmp_path / "empty"])
+    with pytest.raises(ValueError, match="empty: no metrics.jsonl in it or in its subdirectories"):
+        runs_lib.find_runs([tmp_path / "empty"])
 
 
 def test_ignored_fields_cover_the_training_loops_setup_only_fields():
@@ -346,8 +347,8 @@ def test_ignored_fields_cover_the_training_loops_setup_only_fields():
         for node in tree.body
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SETUP_ONLY"
     )
-    assert all(tables.is_ignored(field) for field in setup_only)
-    assert not tables.is_ignored("num_epochs") and not tables.is_ignored("method.ebomlc.rho")
+    assert all(cells.is_ignored(field) for field in setup_only)
+    assert not cells.is_ignored("num_epochs") and not cells.is_ignored("method.ebomlc.rho")
 
 
 @pytest.mark.parametrize(

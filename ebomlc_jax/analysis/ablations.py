@@ -5,10 +5,11 @@ python -m ebomlc_jax.analysis.ablations ROOT [ROOT ...] --out DIR
 
 An ablation group is the set of runs that share everything but the ablated field and the seed:
 dataset, noise setting, method and every field of the config that defines the experiment
-(tables.experiment_fields), compared as values, never read from directory names. A group with two
+(cells.experiment_fields), compared as values, never read from directory names. A group with two
 or more values of the field gets one PNG: clean-set loss and test accuracy per epoch (mean over
-seeds, band of one sample std) and test_accuracy_at_best_clean against the value. Runs that log
-the meta-model diagnostics get one PNG per dataset and setting with those four curves per row.
+seeds, band of one sample std) and test_accuracy_at_best_clean against the value. Each dataset
+and setting gets the learning curves of every row (clean loss, test accuracy) in one PNG and,
+for the rows that log them, the four meta-model diagnostics in another.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ebomlc_jax.analysis import cells, paper, tables
 from ebomlc_jax.analysis import runs as runs_lib
-from ebomlc_jax.analysis import tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Group:
 
     ablation: Ablation
     dataset: str
-    setting: tables.Setting
+    setting: paper.Setting
     row: str
     shared: Mapping[str, Any]
     members: tuple[tuple[Any, tuple[runs_lib.Run, ...]], ...]
@@ -116,17 +117,17 @@ def ablation_groups(runs: Sequence[runs_lib.Run], ablation: Ablation) -> list[Gr
         summary = run.summary
         if summary is None:
             continue
-        fields = tables.experiment_fields(summary)
+        fields = cells.experiment_fields(summary)
         if ablation.field not in fields:
             continue
         value = fields.pop(ablation.field)
-        dataset, setting = str(summary.get("dataset", "?")), tables.setting_of(summary)
+        dataset, setting = str(summary.get("dataset", "?")), paper.setting_of(summary)
         key = (dataset, setting, str(summary.get("method")), tuple(sorted(fields.items())))
         seeds = found.setdefault(key, {}).setdefault(value, {})
         seed = summary.get("seed")
         seeds.setdefault(run.path if seed is None else seed, run)
         ablates_variant = ablation.field.endswith(".variant")
-        rows[key] = str(summary.get("method")) if ablates_variant else tables.row_name(summary)
+        rows[key] = str(summary.get("method")) if ablates_variant else paper.row_name(summary)
     groups = [
         Group(
             ablation=ablation,
@@ -145,7 +146,7 @@ def ablation_groups(runs: Sequence[runs_lib.Run], ablation: Ablation) -> list[Gr
         groups,
         key=lambda g: (
             g.dataset,
-            tables.setting_order(g.setting),
+            paper.setting_order(g.setting),
             g.row,
             [(f, _value_key(v)) for f, v in sorted(g.shared.items())],
         ),
@@ -184,14 +185,14 @@ def ablation_figure(group: Group, out_path: str | pathlib.Path, subtitle: str = 
     name = _short(group.ablation.field)
     for ax, (key, title, ylabel, scale) in zip(axes, CURVES, strict=False):
         for i, (value, runs) in enumerate(group.members):
-            label = f"{name}={tables.value_text(value)} (n={len(runs)})"
+            label = f"{name}={cells.value_text(value)} (n={len(runs)})"
             _plot_band(ax, mean_curve(runs, key, scale), colours(i % 10), label)
         _style(ax, title, ylabel)
     finals = [
         [
-            100.0 * float(r.summary[tables.METRIC])
+            100.0 * float(r.summary[paper.METRIC])
             for r in runs
-            if r.summary.get(tables.METRIC) is not None
+            if r.summary.get(paper.METRIC) is not None
         ]
         for _, runs in group.members
     ]
@@ -199,10 +200,10 @@ def ablation_figure(group: Group, out_path: str | pathlib.Path, subtitle: str = 
     means = [np.mean(f) if f else np.nan for f in finals]
     stds = [np.std(f, ddof=1) if len(f) > 1 else 0.0 for f in finals]
     axes[-1].errorbar(positions, means, yerr=stds, fmt="o-", capsize=4, color="k")
-    axes[-1].set_xticks(positions, [tables.value_text(v) for v in group.values])
+    axes[-1].set_xticks(positions, [cells.value_text(v) for v in group.values])
     _style(axes[-1], "Test accuracy at the best clean-set epoch", "accuracy (%)", name)
     axes[0].legend(fontsize=8)
-    setting = tables.setting_name(group.setting)
+    setting = paper.setting_name(group.setting)
     heading = f"{group.ablation.title} - {group.row} on {group.dataset}, {setting}"
     heading += f" ({subtitle})" if subtitle else ""
     fig.suptitle(
@@ -213,27 +214,42 @@ def ablation_figure(group: Group, out_path: str | pathlib.Path, subtitle: str = 
     return out_path
 
 
-def diagnostics_figure(
-    by_row: Mapping[str, Sequence[runs_lib.Run]], title: str, out_path: str | pathlib.Path
+def rows_figure(
+    by_row: Mapping[str, Sequence[runs_lib.Run]],
+    panels: Sequence[tuple[str, str, str, float]],
+    title: str,
+    out_path: str | pathlib.Path,
 ) -> pathlib.Path:
-    """PNG of the four meta-model diagnostics per epoch, one line (and band) per row."""
-    fig = Figure(figsize=(12.0, 8.5), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
-    colours = matplotlib.colormaps["tab10"]
-    for ax, (key, panel, ylabel, scale) in zip(axes, DIAGNOSTICS, strict=True):
+    """PNG of per-epoch curves (one panel per (key, title, y label, scale)), one line and band per
+    row: the mean over the row's runs and ± one sample std."""
+    ncols = 2
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(12.0, 4.25 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    colours = matplotlib.colormaps["tab10" if len(by_row) <= 10 else "tab20"]
+    for ax, (key, panel, ylabel, scale) in zip(axes, panels, strict=False):
         for i, (row, runs) in enumerate(by_row.items()):
             band = mean_curve(runs, key, scale)
             if band.epochs.size:
-                _plot_band(ax, band, colours(i % 10), f"{row} (n={len(runs)})")
+                _plot_band(ax, band, colours(i % 20), f"{row} (n={len(runs)})")
         if not ax.lines:
             ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
         _style(ax, panel, ylabel)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
     handles, labels = next(((a.get_legend_handles_labels()) for a in axes if a.lines), ([], []))
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8)
     fig.suptitle(f"{title}\nmean over seeds (n in the legend), band: ± one sample std", fontsize=11)
     out_path = pathlib.Path(out_path)
     fig.savefig(out_path, dpi=90)
     return out_path
+
+
+def diagnostics_figure(
+    by_row: Mapping[str, Sequence[runs_lib.Run]], title: str, out_path: str | pathlib.Path
+) -> pathlib.Path:
+    """PNG of the four meta-model diagnostics per epoch, one line (and band) per row."""
+    return rows_figure(by_row, DIAGNOSTICS, title, out_path)
 
 
 def _unique(path: pathlib.Path, used: set[pathlib.Path]) -> pathlib.Path:
@@ -246,7 +262,7 @@ def _unique(path: pathlib.Path, used: set[pathlib.Path]) -> pathlib.Path:
     return candidate
 
 
-def _setting_file(setting: tables.Setting) -> str:
+def _setting_file(setting: paper.Setting) -> str:
     """'uniform40' for ('uniform', 0.4)."""
     return f"{setting[0]}{setting[1] * 100:g}"
 
@@ -258,31 +274,30 @@ def _subtitle(group: Group, groups: Sequence[Group]) -> str:
     siblings = [g for g in groups if (g.dataset, g.setting, g.row) == place]
     fields = sorted({f for g in siblings for f in g.shared})
     varying = [f for f in fields if len({g.shared.get(f) for g in siblings}) > 1]
-    return ", ".join(tables.field_label(f, group.shared.get(f)) for f in varying)
+    return ", ".join(cells.field_label(f, group.shared.get(f)) for f in varying)
 
 
-def _diagnostic_cells(
-    runs: Sequence[runs_lib.Run],
-) -> dict[tuple[str, tables.Setting], dict[str, list[runs_lib.Run]]]:
-    """(dataset, setting) -> table row -> the finished runs that logged any DIAGNOSTICS key."""
-    row_of = {e.path: e for e in tables.entries(runs)[0]}
-    keys = {key for key, *_ in DIAGNOSTICS}
-    cells: dict[tuple[str, tables.Setting], dict[str, list[runs_lib.Run]]] = {}
+def _row_cells(
+    runs: Sequence[runs_lib.Run], panels: Sequence[tuple[str, str, str, float]]
+) -> dict[tuple[str, paper.Setting], dict[str, list[runs_lib.Run]]]:
+    """(dataset, setting) -> table row -> the finished runs that logged any of the panels' keys."""
+    row_of = {e.path: e for e in cells.entries(runs)[0]}
+    keys = {key for key, *_ in panels}
+    found: dict[tuple[str, paper.Setting], dict[str, list[runs_lib.Run]]] = {}
     for run in runs:
         entry = row_of.get(run.path)
         if entry is not None and keys & set(run.history):
-            by_row = cells.setdefault((entry.dataset, entry.setting), {})
+            by_row = found.setdefault((entry.dataset, entry.setting), {})
             by_row.setdefault(entry.row, []).append(run)
-    order = sorted(cells, key=lambda c: (c[0], tables.setting_order(c[1])))
-    return {
-        c: {row: cells[c][row] for row in sorted(cells[c], key=tables.row_order)} for c in order
-    }
+    order = sorted(found, key=lambda c: (c[0], paper.setting_order(c[1])))
+    return {c: {row: found[c][row] for row in sorted(found[c], key=cells.row_order)} for c in order}
 
 
 def write_ablation_figures(
     runs: Sequence[runs_lib.Run], out_dir: str | pathlib.Path
 ) -> list[tuple[pathlib.Path, str]]:
-    """Every ablation group's figure and every setting's diagnostics figure: (path, what)."""
+    """Every ablation group's figure and every setting's learning-curve and diagnostics figures:
+    (path, what)."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[tuple[pathlib.Path, str]] = []
@@ -293,18 +308,22 @@ def write_ablation_figures(
             subtitle = _subtitle(group, groups)
             name = f"{ablation.name}_{group.dataset}_{_setting_file(group.setting)}.png"
             path = ablation_figure(group, _unique(out_dir / name, used), subtitle)
-            values = ", ".join(tables.value_text(v) for v in group.values)
-            setting = tables.setting_name(group.setting)
+            values = ", ".join(cells.value_text(v) for v in group.values)
+            setting = paper.setting_name(group.setting)
             what = f"{ablation.title}; {group.row}, {group.dataset} {setting}"
             what += f"; {_short(ablation.field)} in {values}" + (
                 f"; {subtitle}" if subtitle else ""
             )
             written.append((path, what))
-    for (dataset, setting), by_row in _diagnostic_cells(runs).items():
-        what = f"meta-model diagnostics, {dataset} {tables.setting_name(setting)}"
-        name = f"meta_diagnostics_{dataset}_{_setting_file(setting)}.png"
-        path = diagnostics_figure(by_row, what, _unique(out_dir / name, used))
-        written.append((path, f"{what}; rows: {', '.join(by_row)}"))
+    for panels, what, stem in (
+        (CURVES, "learning curves", "curves"),
+        (DIAGNOSTICS, "meta-model diagnostics", "meta_diagnostics"),
+    ):
+        for (dataset, setting), by_row in _row_cells(runs, panels).items():
+            title = f"{what}, {dataset} {paper.setting_name(setting)}"
+            name = f"{stem}_{dataset}_{_setting_file(setting)}.png"
+            path = rows_figure(by_row, panels, title, _unique(out_dir / name, used))
+            written.append((path, f"{title}; rows: {', '.join(by_row)}"))
     return written
 
 
@@ -317,14 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory of the PNGs")
     args = parser.parse_args(argv)
     try:
-        runs = tables.find_runs_under(args.roots)
+        runs = runs_lib.find_runs(args.roots)
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     written = write_ablation_figures(runs, args.out)
     for path, what in written:
         print(f"{path}: {what}")
     if not written:
-        print(f"no ablation groups and no meta-model diagnostics in {len(runs)} runs")
+        print(f"no ablation groups, learning curves or meta-model diagnostics in {len(runs)} runs")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import re
 import warnings
@@ -350,24 +351,27 @@ def load_run(path: str | pathlib.Path) -> Run:
     )
 
 
-def _natural_key(path: pathlib.Path) -> list[Any]:
-    """Sort key putting seed_2 before seed_10."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+def _natural_key(path: pathlib.Path) -> tuple[tuple[Any, ...], ...]:
+    """Sort key putting seed_2 before seed_10, at every level of a path."""
+    return tuple(
+        tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", part)) for part in path.parts
+    )
 
 
 def find_run_dirs(paths: Iterable[str | pathlib.Path]) -> list[pathlib.Path]:
-    """Each path if it holds metrics.jsonl, plus its subdirectories that do (e.g. seed_<s>/)."""
+    """Every directory holding metrics.jsonl at or below each path (a run, its seed_<s>/ runs, a
+    sweep's root), in natural order; a run reached twice counts once."""
     found: list[pathlib.Path] = []
     seen: set[pathlib.Path] = set()
     for path in map(pathlib.Path, paths):
         if not path.is_dir():
             raise ValueError(f"{path}: no such run directory")
-        subdirs = sorted((p for p in path.iterdir() if p.is_dir()), key=_natural_key)
-        dirs = [d for d in [path, *subdirs] if (d / METRICS).is_file()]
+        dirs = sorted(
+            (pathlib.Path(d) for d, _, files in os.walk(path) if METRICS in files), key=_natural_key
+        )
         if not dirs:
             raise ValueError(f"{path}: no {METRICS} in it or in its subdirectories")
         for d in dirs:
-            # The same run passed twice (as parent and as seed_<s>/) must count once.
             if d.resolve() not in seen:
                 seen.add(d.resolve())
                 found.append(d)

@@ -20,177 +20,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import pathlib
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
 from ebomlc_jax.analysis import runs as runs_lib
-
-# The paper's column order; settings it does not have are appended after these.
-PAPER_SETTINGS = (
-    ("uniform", 0.0),
-    ("uniform", 0.2),
-    ("uniform", 0.4),
-    ("uniform", 0.6),
-    ("uniform", 0.8),
-    ("flip", 0.2),
-    ("flip", 0.4),
+from ebomlc_jax.analysis.cells import Cell, Entry, entries, method_of, row_order
+from ebomlc_jax.analysis.paper import (
+    METRIC,
+    PAPER_NAMES,
+    PAPER_RESULTS,
+    PAPER_SETTINGS,
+    PAPER_TABLE_NAMES,
+    REFERENCE_METHOD,
+    Setting,
+    setting_name,
+    setting_order,
 )
-# Row order: the floor first, then the paper's row order; unknown methods go last.
-METHOD_ORDER = (
-    "ce",
-    "coteaching_plus",
-    "dividemix",
-    "glc",
-    "l2rw",
-    "mwnet",
-    "pmwnet",
-    "mlc",
-    "mlc_d",
-    "ebomlc",
-)
-REFERENCE_METHOD = "ebomlc"
-METRIC = "test_accuracy_at_best_clean"
-
-# Paper Tables I (CIFAR-10) and II (CIFAR-100): accuracies in PAPER_SETTINGS order, and
-# training time relative to EBOMLC (T4 GPU).
-PAPER_NAMES = {
-    "coteaching_plus": "Co-teaching+",
-    "dividemix": "DivideMix",
-    "glc": "GLC",
-    "l2rw": "L2RW",
-    "mwnet": "MW-Net",
-    "pmwnet": "PMW-Net",
-    "mlc": "MLC",
-    "mlc_d": "MLC-D",
-    "ebomlc": "EBOMLC",
-}
-PAPER_TABLE_NAMES = {"cifar10": "Table I", "cifar100": "Table II"}
-PAPER_RESULTS: dict[str, dict[str, tuple[tuple[float, ...], float]]] = {
-    "cifar10": {
-        "coteaching_plus": ((89.14, 85.79, 82.98, 56.37, 44.85, 77.56, 72.93), 0.51),
-        "dividemix": ((91.32, 87.15, 85.16, 82.45, 77.69, 82.90, 78.38), 1.12),
-        "glc": ((92.25, 89.31, 86.20, 74.27, 64.38, 90.97, 89.75), 0.33),
-        "l2rw": ((85.16, 82.51, 78.01, 72.19, 55.81, 84.49, 80.86), 1.69),
-        "mwnet": ((88.91, 80.61, 71.55, 64.02, 48.36, 87.11, 84.75), 1.89),
-        "pmwnet": ((90.74, 88.94, 86.80, 81.56, 45.30, 88.79, 87.36), 1.95),
-        "mlc": ((92.76, 89.01, 86.08, 82.08, 74.10, 89.39, 87.12), 2.28),
-        "mlc_d": ((67.75, 66.84, 67.56, 67.14, 67.58, 66.18, 62.57), 2.32),
-        "ebomlc": ((92.92, 92.18, 89.58, 83.51, 76.02, 90.74, 90.54), 1.00),
-    },
-    "cifar100": {
-        "coteaching_plus": ((56.28, 50.49, 46.80, 34.96, 9.14, 49.15, 36.69), 0.51),
-        "dividemix": ((66.34, 61.92, 56.14, 48.59, 11.18, 54.14, 48.12), 1.12),
-        "glc": ((68.28, 63.48, 56.82, 46.80, 23.27, 66.64, 47.59), 0.33),
-        "l2rw": ((58.84, 52.90, 45.19, 37.71, 18.96, 53.57, 48.59), 1.69),
-        "mwnet": ((63.91, 55.07, 52.55, 45.17, 18.87, 58.99, 45.41), 1.89),
-        "pmwnet": ((66.98, 63.52, 56.12, 47.12, 20.53, 56.12, 47.73), 1.95),
-        "mlc": ((65.03, 48.73, 39.06, 25.26, 15.58, 58.98, 57.46), 2.28),
-        "mlc_d": ((17.02, 13.26, 15.98, 14.91, 12.06, 15.47, 15.58), 2.32),
-        "ebomlc": ((67.13, 62.92, 58.15, 50.04, 35.41, 64.86, 58.11), 1.00),
-    },
-}
-
-Setting = tuple[str, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """Seed statistics of one (method, setting): accuracies in percent."""
-
-    values: tuple[float, ...]
-
-    @property
-    def n(self) -> int:
-        """Number of seeds."""
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        """Mean over seeds."""
-        return float(np.mean(self.values))
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation over seeds (ddof=1); 0 for a single seed."""
-        return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0
-
-    def format(self) -> str:
-        """'mean ± std (n=k)', or 'mean (n=1)' for a single seed."""
-        if self.n == 1:
-            return f"{self.mean:.2f} (n=1)"
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})"
-
-
-def setting_of(summary: Mapping) -> Setting:
-    """(noise kind, rate) of a run; every 0% setting is the paper's uniform-0% column."""
-    rate = round(float(summary["noise_rate"]), 6)
-    return ("uniform", 0.0) if rate == 0.0 else (str(summary["noise_kind"]), rate)
-
-
-def setting_name(setting: Setting) -> str:
-    """'uniform-40%' etc., as in the paper's column headers."""
-    return f"{setting[0]}-{setting[1] * 100:g}%"
-
-
-def row_name(summary: Mapping) -> str:
-    """'method/variant', or 'method' when the method has no variant."""
-    variant = summary.get("variant")
-    return f"{summary['method']}/{variant}" if variant else str(summary["method"])
-
-
-def _row_key(name: str) -> tuple[int, str]:
-    """Sort key: METHOD_ORDER position of the method part, then the name."""
-    method = name.split("/")[0]
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return rank, name
-
-
-def setting_order(setting: Setting) -> tuple[int, str, float]:
-    """Sort key: paper columns first in their order, then the rest by kind and rate."""
-    if setting in PAPER_SETTINGS:
-        return PAPER_SETTINGS.index(setting), "", 0.0
-    return len(PAPER_SETTINGS), setting[0], setting[1]
-
-
-def collect(
-    runs: Sequence[runs_lib.Run],
-) -> tuple[dict[str, dict[str, dict[Setting, Cell]]], dict[str, dict[str, float]], list[str]]:
-    """dataset -> row -> setting -> Cell; dataset -> row -> mean wall time; skipped-run notes."""
-    values: dict[str, dict[str, dict[Setting, list[float]]]] = {}
-    times: dict[str, dict[str, list[float]]] = {}
-    skipped = []
-    for run in runs:
-        summary = run.summary
-        if summary is None:
-            skipped.append(f"{run.path} (unfinished: no summary.json)")
-            continue
-        if summary.get(METRIC) is None:
-            skipped.append(f"{run.path} (summary.json has no {METRIC})")
-            continue
-        dataset, row = str(summary.get("dataset", "?")), row_name(summary)
-        cells = values.setdefault(dataset, {}).setdefault(row, {})
-        cells.setdefault(setting_of(summary), []).append(100.0 * float(summary[METRIC]))
-        if summary.get("wall_time_s") is not None:
-            times.setdefault(dataset, {}).setdefault(row, []).append(float(summary["wall_time_s"]))
-    cells = {
-        d: {r: {s: Cell(tuple(v)) for s, v in by_s.items()} for r, by_s in rows.items()}
-        for d, rows in values.items()
-    }
-    mean_times = {d: {r: float(np.mean(t)) for r, t in rows.items()} for d, rows in times.items()}
-    return cells, mean_times, skipped
-
-
-def _reference_row(rows: Sequence[str], times: Mapping[str, float]) -> str | None:
-    """The row whose wall time is 1.00x: ebomlc/paper if present, else the first ebomlc row."""
-    candidates = [r for r in rows if r.split("/")[0] == REFERENCE_METHOD and r in times]
-    preferred = [r for r in candidates if r == f"{REFERENCE_METHOD}/paper"]
-    return (preferred or candidates or [None])[0]
 
 
 def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
@@ -203,257 +51,8 @@ def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]
     return lines
 
 
-def paper_table(runs: Sequence[runs_lib.Run], *, with_paper: bool = False) -> str:
-    """Plain Tables I-II layout in markdown (no marks, ranks or config-split rows): see report()."""
-    cells, times, skipped = collect(runs)
-    out: list[str] = []
-    for dataset in sorted(cells):
-        rows = sorted(cells[dataset], key=_row_key)
-        settings = sorted(
-            set(PAPER_SETTINGS) | {s for r in rows for s in cells[dataset][r]}, key=setting_order
-        )
-        row_times = times.get(dataset, {})
-        reference = _reference_row(rows, row_times)
-        time_header = f"Training Time (× {reference})" if reference else "Training Time (s)"
-        body = []
-        for row in rows:
-            line = [row] + [
-                cells[dataset][row][s].format() if s in cells[dataset][row] else "–"
-                for s in settings
-            ]
-            if row not in row_times:
-                line.append("–")
-            elif reference:
-                line.append(f"{row_times[row] / row_times[reference]:.2f}×")
-            else:
-                line.append(f"{row_times[row]:.0f}")
-            body.append(line)
-            paper = PAPER_RESULTS.get(dataset, {})
-            method = row.split("/")[0]
-            # One reference row per method, after its last variant.
-            next_method = rows[rows.index(row) + 1].split("/")[0] if row != rows[-1] else None
-            if with_paper and method in paper and next_method != method:
-                accuracies, time = paper[method]
-                by_setting = dict(zip(PAPER_SETTINGS, accuracies, strict=True))
-                name = f"*{PAPER_NAMES[method]} (paper, {PAPER_TABLE_NAMES[dataset]})*"
-                body.append(
-                    [name]
-                    + [f"{by_setting[s]:.2f}" if s in by_setting else "–" for s in settings]
-                    + [f"{time:.2f}×"]
-                )
-        title = f"### {dataset}"
-        if dataset in PAPER_TABLE_NAMES:
-            title += f" (paper {PAPER_TABLE_NAMES[dataset]})"
-        out += [title, ""]
-        out += _markdown(["Method"] + [setting_name(s) for s in settings] + [time_header], body)
-        out.append("")
-    if not cells:
-        out += ["No finished runs.", ""]
-    out.append(
-        f"Cells: {METRIC} in %, mean ± sample std (ddof=1) over n seeds. "
-        "Training time: mean wall_time_s of the row's runs."
-        + (" Paper rows: Tables I-II, mean of 3 seeds, T4 GPU." if with_paper else "")
-    )
-    if skipped:
-        out += ["", "Skipped runs:"] + [f"- {s}" for s in skipped]
-    return "\n".join(out) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Runs below a root, grouped by summary and config.
-
-# Config fields that do not change what a run computes (train.SETUP_ONLY and more: how it is fed,
-# parallelised, checkpointed and evaluated); a field is ignored with everything below it.
-IGNORED_FIELDS = (
-    "seed",
-    "num_parallel_seeds",
-    "noise.kind",
-    "noise.rate",
-    "data.dataset",
-    "data.download",
-    "data.data_dir",
-    "data.input",
-    "data.scan_epochs",
-    "parallel",
-    "checkpoint",
-    "eval",
-    "log_every_steps",
-    "figures",
-    "resume_with_changed_config",
-)
-# Variant order inside a method (None: the method's default, no variant in its name).
-VARIANT_ORDER = {"ce": (None, "noisy", "clean"), "ebomlc": ("paper", "reference")}
 FORMATS = ("markdown", "latex")
 CONFIDENCE = 0.95
-_ABSENT = "<absent>"
-
-
-def _path_key(path: pathlib.Path) -> tuple[tuple[Any, ...], ...]:
-    """Sort key putting seed2 before seed10 at every level of a path."""
-    return tuple(
-        tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", part)))
-        for part in path.parts
-    )
-
-
-def find_runs_under(paths: Iterable[str | pathlib.Path]) -> list[runs_lib.Run]:
-    """Every run directory (holding metrics.jsonl) at or below each path, loaded once each."""
-    found: list[pathlib.Path] = []
-    seen: set[pathlib.Path] = set()
-    for path in map(pathlib.Path, paths):
-        if not path.is_dir():
-            raise ValueError(f"{path}: no such run directory")
-        dirs = sorted(
-            (pathlib.Path(d) for d, _, files in os.walk(path) if runs_lib.METRICS in files),
-            key=_path_key,
-        )
-        if not dirs:
-            raise ValueError(f"{path}: no {runs_lib.METRICS} in it or below it")
-        for d in dirs:
-            if d.resolve() not in seen:
-                seen.add(d.resolve())
-                found.append(d)
-    return [runs_lib.load_run(d) for d in found]
-
-
-def _hashable(value: Any) -> Any:
-    """A config value usable as part of a dict key (lists become tuples)."""
-    return tuple(_hashable(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config as {"dotted.field": value}."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = _hashable(value)
-    return out
-
-
-def is_ignored(field: str) -> bool:
-    """Whether a dotted field is, or lies below, one of IGNORED_FIELDS."""
-    return any(field == f or field.startswith(f + ".") for f in IGNORED_FIELDS)
-
-
-def experiment_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's config as dotted fields that define the experiment: without IGNORED_FIELDS (the
-    seed, the setting, setup), method.name and the blocks of the other methods."""
-    own = f"method.{summary.get('method')}."
-    return {
-        field: value
-        for field, value in flatten(summary.get("config") or {}).items()
-        if not is_ignored(field) and (not field.startswith("method.") or field.startswith(own))
-    }
-
-
-def value_text(value: Any) -> str:
-    """A config value as it appears in a row or figure name."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def field_label(field: str, value: Any) -> str:
-    """'rho=0.4' for a method's own field, 'num_epochs=12' for the rest."""
-    name = field.rsplit(".", 1)[-1] if field.startswith("method.") else field
-    return f"{name}={value_text(value)}"
-
-
-def differences(fields: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
-    """Labels of the fields whose value in `fields` differs from `other`'s, in field order."""
-    return [
-        field_label(f, fields.get(f, _ABSENT))
-        for f in sorted(set(fields) | set(other))
-        if fields.get(f, _ABSENT) != other.get(f, _ABSENT)
-    ]
-
-
-def _method_of(row: str) -> str:
-    """The method part of a row name ('ebomlc' of 'ebomlc/paper (rho=0.4)')."""
-    return re.split(r"[/ ]", row, maxsplit=1)[0]
-
-
-def row_order(row: str) -> tuple[Any, ...]:
-    """Sort key: METHOD_ORDER, then VARIANT_ORDER, the main config before its config-split rows."""
-    base, _, suffix = row.partition(" (")
-    method, _, variant = base.partition("/")
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    order = VARIANT_ORDER.get(method, (None,))
-    v = order.index(variant or None) if (variant or None) in order else len(order)
-    return rank, method, v, variant, bool(suffix), row
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One finished run as the tables see it; `accuracy` is test_accuracy_at_best_clean in %."""
-
-    path: pathlib.Path
-    dataset: str
-    row: str
-    setting: Setting
-    seed: int | None
-    accuracy: float
-    wall_time_s: float | None
-
-    @property
-    def main(self) -> bool:
-        """Whether the run has its method/variant's main config (no field suffix)."""
-        return " (" not in self.row
-
-
-def entries(runs: Sequence[runs_lib.Run]) -> tuple[list[Entry], list[str]]:
-    """The finished runs as Entry, and notes on the runs left out (unfinished, duplicates).
-
-    Runs of one dataset and method/variant with different experiment_fields are separate rows:
-    the config covering the most settings (then the most runs, then the first found) keeps the
-    plain name; the others are named by the fields where they differ from it. A second run of
-    one row, setting and seed (a rerun) is left out: a seed counts once.
-    """
-    usable, notes = [], []
-    for run in runs:
-        summary = run.summary
-        if summary is None:
-            notes.append(f"{run.path} (unfinished: no summary.json)")
-        elif summary.get(METRIC) is None:
-            notes.append(f"{run.path} (summary.json has no {METRIC})")
-        else:
-            usable.append((run, summary, experiment_fields(summary)))
-    # (dataset, method/variant) -> config key -> [settings, run count, first index, fields]
-    configs: dict[tuple[str, str], dict[tuple, list[Any]]] = {}
-    for i, (_, summary, fields) in enumerate(usable):
-        group = configs.setdefault((str(summary.get("dataset", "?")), row_name(summary)), {})
-        stats = group.setdefault(tuple(sorted(fields.items())), [set(), 0, i, fields])
-        stats[0].add(setting_of(summary))
-        stats[1] += 1
-    main = {
-        group: min(stats.values(), key=lambda s: (-len(s[0]), -s[1], s[2]))[3]
-        for group, stats in configs.items()
-    }
-    out: list[Entry] = []
-    seen: dict[tuple[Any, ...], pathlib.Path] = {}
-    for run, summary, fields in usable:
-        dataset, base = str(summary.get("dataset", "?")), row_name(summary)
-        diffs = differences(fields, main[dataset, base])
-        row = f"{base} ({', '.join(diffs)})" if diffs else base
-        seed = summary.get("seed")
-        key = (dataset, row, setting_of(summary), seed)
-        if seed is not None and key in seen:
-            notes.append(f"{run.path} (same row, setting and seed as {seen[key]}: counted once)")
-            continue
-        seen[key] = run.path
-        wall = summary.get("wall_time_s")
-        out.append(
-            Entry(
-                path=run.path,
-                dataset=dataset,
-                row=row,
-                setting=setting_of(summary),
-                seed=seed,
-                accuracy=100.0 * float(summary[METRIC]),
-                wall_time_s=float(wall) if wall is not None else None,
-            )
-        )
-    return out, notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,7 +144,7 @@ def paper_ranks(dataset: str) -> dict[str, float]:
 
 def reference_row(table: ResultTable) -> str | None:
     """The row times are relative to: ebomlc/paper, else the first ebomlc row with a time."""
-    timed = [r for r in table.rows if _method_of(r) == REFERENCE_METHOD and _has_time(table, r)]
+    timed = [r for r in table.rows if method_of(r) == REFERENCE_METHOD and _has_time(table, r)]
     preferred = [r for r in timed if r == f"{REFERENCE_METHOD}/paper"]
     main = [r for r in timed if " (" not in r]
     return (preferred or main or timed or [None])[0]
@@ -783,8 +382,8 @@ def results_table(table: ResultTable, fmt: str = "markdown", *, with_paper: bool
         else:
             line.append(f.times(times[row]) if reference else f"{times[row]:.0f} s")
         body.append(line)
-        method = _method_of(row)
-        last_of_method = i + 1 == len(table.rows) or _method_of(table.rows[i + 1]) != method
+        method = method_of(row)
+        last_of_method = i + 1 == len(table.rows) or method_of(table.rows[i + 1]) != method
         if method in paper and last_of_method:
             accuracies, time = paper[method]
             by_setting = dict(zip(PAPER_SETTINGS, accuracies, strict=True))
@@ -839,9 +438,9 @@ def comparison_table(table: ResultTable, fmt: str = "markdown") -> str | None:
     header = ["Method", *(setting_name(s) for s in PAPER_SETTINGS), "Mean Δ", "Time ×"]
     body = []
     for row in table.rows:
-        if " (" in row or _method_of(row) not in paper:
+        if " (" in row or method_of(row) not in paper:
             continue
-        accuracies, paper_time = paper[_method_of(row)]
+        accuracies, paper_time = paper[method_of(row)]
         line, diffs = [f.esc(row)], []
         for setting, theirs in zip(PAPER_SETTINGS, accuracies, strict=True):
             cell = table.cells.get((row, setting))
@@ -972,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the output to this file")
     args = parser.parse_args(argv)
     try:
-        runs = find_runs_under(args.run_dirs)
+        runs = runs_lib.find_runs(args.run_dirs)
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     try:
