@@ -13,7 +13,9 @@ from ebomlc_jax import train, validate
 tfds = pytest.importorskip("tensorflow_datasets")
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-SETTINGS = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("__init__", "base"))
+SETTINGS = sorted(
+    p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("__init__", "base", "sweeps")
+)
 CIFAR = sorted(
     f"{dataset}_{kind}{rate}"
     for dataset in ("cifar10", "cifar100")
@@ -130,3 +132,20 @@ def test_cifar_setting_runs_one_step_on_mocked_tfds(stem, tmp_path, monkeypatch)
     confusion = json.loads((tmp_path / "meta_confusion.json").read_text())
     assert confusion["num_classes"] == num_classes
     assert (tmp_path / "checkpoints" / "1").is_dir()
+
+
+def test_the_digits_protocol_validates_and_trains_a_few_steps(tmp_path):
+    config = load("digits_study").get_config()
+    validate.validate(config)
+    # The protocol the docstring and docs/results.md describe.
+    assert config.data.dataset == "digits" and config.num_epochs == 120
+    assert config.model.blocks_per_stage == 1 and tuple(config.model.widths) == (16, 32, 64)
+    assert config.data.clean_fraction == 0.1 and config.data.batch_size == 64
+    config.num_epochs, config.steps_per_epoch = 2, 3
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [h for h in history if "eval/test_accuracy" in h]
+    assert [h["eval/epoch"] for h in evals] == [1, 2]
+    assert summary["config"]["model"]["blocks_per_stage"] == 1
+    assert summary["realised_noise_rate"] == pytest.approx(0.6 * 9 / 10, abs=0.03)
+    assert 0.0 <= summary["final_meta_accuracy_on_mislabelled"] <= 1.0
