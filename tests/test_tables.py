@@ -54,8 +54,10 @@ def write_run(
     wall=100.0,
     curves=None,
     config=None,
+    extra=None,
 ):
-    """A finished run directory: summary.json and metrics.jsonl (`curves`: key -> per-epoch)."""
+    """A finished run directory: summary.json and metrics.jsonl (`curves`: key -> per-epoch;
+    `extra`: more summary.json values)."""
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     curves = curves or {"eval/test_accuracy": [best], "eval/clean_loss": [1.0]}
@@ -78,6 +80,7 @@ def write_run(
         "wall_time_s": wall,
         "steps_per_sec": 10.0,
         "config": run_config(method, kind, rate, seed, dataset, config or {}),
+        **(extra or {}),
     }
     (path / "summary.json").write_text(json.dumps(summary))
     return path
@@ -359,6 +362,14 @@ def test_ignored_fields_cover_the_training_loops_setup_only_fields():
         (["--paired-against", "nope"], "--paired-against=nope: no finished runs of row 'nope'; "
                                        "rows present: ebomlc/paper"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--metric", "nope"], "argument --metric: invalid choice: 'nope' (choose from "
+                               "'test_accuracy_at_best_clean', 'final_test_accuracy', "
+                               "'final_meta_accuracy_on_mislabelled', "
+                               "'final_meta_accuracy_on_correct', 'final_meta_change_rate', "
+                               "'final_meta_change_precision')"),
+        (["--metric", "final_meta_change_rate", "--compare"],
+         "--metric=final_meta_change_rate: --with-paper and --compare need a test accuracy, one "
+         "of test_accuracy_at_best_clean, final_test_accuracy"),
     ],
 )  # fmt: skip
 def test_cli_bad_arguments_give_one_line(tmp_path, capsys, argv, message):
@@ -394,3 +405,33 @@ def test_cli_writes_latex_with_every_section(tmp_path, capsys):
         "cifar10 (paper Table I): paired difference from ce (points)",
         "digits: paired difference from ce (points)",
     ]
+
+
+def test_metric_tables_show_that_summary_value_and_leave_out_runs_without_it(tmp_path, capsys):
+    # A copier's meta model (0% on the mislabelled), one that corrects half; CE has no meta model.
+    for seed, (mislabelled, final) in enumerate([(0.0, 0.70), (0.5, 0.80)]):
+        write_run(tmp_path / f"ebomlc{seed}", seed=seed, best=0.9,
+                  extra={"final_meta_accuracy_on_mislabelled": mislabelled,
+                         "final_test_accuracy": final})  # fmt: skip
+        write_run(tmp_path / f"ce{seed}", method="ce", variant=None, seed=seed, best=0.8,
+                  extra={"final_meta_accuracy_on_mislabelled": None,
+                         "final_test_accuracy": 0.75})  # fmt: skip
+    runs = runs_lib.find_runs([tmp_path])
+    metric = "final_meta_accuracy_on_mislabelled"
+    text = tables.report(runs, metric=metric)
+    rows = markdown_rows(text, f"cifar10 (paper Table I): {paper.METRICS[metric]}")
+    assert rows["ebomlc/paper"][COL[U40]] == f"25.00 ± {np.std([0, 50], ddof=1):.2f} (n=2)"
+    assert "ce" not in rows
+    assert f"{tmp_path / 'ce0'} (summary.json has no {metric})" in text
+    assert f"- Cells: {metric} (" in text
+    final = tables.report(runs, metric="final_test_accuracy", paired_against="ce")
+    rows = markdown_rows(final, "cifar10 (paper Table I): test accuracy (%) after the last epoch")
+    assert rows["ebomlc/paper"][COL[U40]] == f"**75.00 ± {np.std([70, 80], ddof=1):.2f}** (n=2)"
+    paired = markdown_rows(final, "cifar10 (paper Table I): paired difference from ce (points)")
+    half = stats.t.ppf(0.975, 1) * np.std([-5, 5], ddof=1) / np.sqrt(2)
+    assert paired["ebomlc/paper"][0] == f"+0.00 [{-half:+.2f}, {half:+.2f}] (n=2)"
+    assert "Paired: row - ce of final_test_accuracy" in final
+    with pytest.raises(ValueError, match="allow only"):
+        tables.report(runs, metric=metric, with_paper=True)
+    assert tables.main([str(tmp_path), "--metric", metric]) == 0
+    assert capsys.readouterr().out == text

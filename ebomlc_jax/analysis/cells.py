@@ -166,8 +166,9 @@ class Entry:
         return " (" not in self.row
 
 
-def entries(runs: Sequence[runs_lib.Run]) -> tuple[list[Entry], list[str]]:
-    """The finished runs as Entry, and notes on the runs left out (unfinished, duplicates).
+def entries(runs: Sequence[runs_lib.Run], metric: str = METRIC) -> tuple[list[Entry], list[str]]:
+    """The finished runs as Entry (`accuracy`: the summary's `metric`, in %), and notes on the runs
+    left out (unfinished, without the metric, duplicates).
 
     Runs of one dataset and method/variant with different experiment_fields are separate rows:
     the config covering the most settings (then the most runs, then the first found) keeps the
@@ -179,8 +180,8 @@ def entries(runs: Sequence[runs_lib.Run]) -> tuple[list[Entry], list[str]]:
         summary = run.summary
         if summary is None:
             notes.append(f"{run.path} (unfinished: no summary.json)")
-        elif summary.get(METRIC) is None:
-            notes.append(f"{run.path} (summary.json has no {METRIC})")
+        elif summary.get(metric) is None:
+            notes.append(f"{run.path} (summary.json has no {metric})")
         else:
             usable.append((run, summary, experiment_fields(summary)))
     # (dataset, method/variant) -> config key -> [settings, run count, first index, fields]
@@ -214,7 +215,7 @@ def entries(runs: Sequence[runs_lib.Run]) -> tuple[list[Entry], list[str]]:
                 row=row,
                 setting=setting_of(summary),
                 seed=seed,
-                accuracy=100.0 * float(summary[METRIC]),
+                accuracy=100.0 * float(summary[metric]),
                 wall_time_s=float(wall) if wall is not None else None,
             )
         )

@@ -29,6 +29,20 @@ METHOD_ORDER = (
 )
 REFERENCE_METHOD = "ebomlc"
 METRIC = "test_accuracy_at_best_clean"
+# The summary.json values a table can show (all fractions, shown in %): what each one is.
+METRICS = {
+    "test_accuracy_at_best_clean": "test accuracy (%) at the best clean-set epoch",
+    "final_test_accuracy": "test accuracy (%) after the last epoch",
+    "final_meta_accuracy_on_mislabelled": "meta model's accuracy (%) on the mislabelled examples "
+    "of D', last epoch",
+    "final_meta_accuracy_on_correct": "meta model's accuracy (%) on the correctly labelled "
+    "examples of D', last epoch",
+    "final_meta_change_rate": "share (%) of D' whose label the meta model changes, last epoch",
+    "final_meta_change_precision": "share (%) of the meta model's changes that give the true "
+    "label, last epoch",
+}
+# The metrics the paper's numbers can stand beside (it reports test accuracy).
+PAPER_COMPARABLE = ("test_accuracy_at_best_clean", "final_test_accuracy")
 
 # Paper Tables I (CIFAR-10) and II (CIFAR-100): accuracies in PAPER_SETTINGS order, and
 # training time relative to EBOMLC (T4 GPU).

@@ -2,14 +2,16 @@
 ours, and paired differences from a baseline row over seeds.
 
 python -m ebomlc_jax.analysis.tables RUN_DIR [RUN_DIR ...] [--format markdown|latex]
-    [--with-paper] [--compare] [--paired-against ROW] [--out FILE]
+    [--with-paper] [--compare] [--paired-against ROW] [--metric M] [--out FILE]
 
 Each RUN_DIR is searched recursively for run directories (those holding metrics.jsonl); runs are
 grouped by their summary.json and config, never by directory names. One table per dataset: rows
 are method[/variant] in the paper's order (CE floors first), columns the noise settings, cells
-test_accuracy_at_best_clean over seeds, best and second best marked, an average rank and the
-training time relative to EBOMLC. Runs of one method and variant whose configs differ (an
-ablation's rho, a shorter protocol) are rows of their own, named by the differing fields.
+test_accuracy_at_best_clean over seeds (--metric: another value of summary.json, the final test
+accuracy or a meta-model diagnostic, paper.METRICS), best and second best marked, an average
+rank and the training time relative to EBOMLC. Runs of one method and variant whose configs
+differ (an ablation's rho, a shorter protocol) are rows of their own, named by the differing
+fields.
 --with-paper adds the paper's rows; --compare adds, per CIFAR dataset, ours / paper (ours - paper)
 per cell; --paired-against ROW (e.g. ce) adds the paired difference of every row from ROW over the
 seeds both have, with a 95% Student-t interval.
@@ -30,6 +32,8 @@ from ebomlc_jax.analysis import runs as runs_lib
 from ebomlc_jax.analysis.cells import Cell, Entry, entries, method_of, row_order
 from ebomlc_jax.analysis.paper import (
     METRIC,
+    METRICS,
+    PAPER_COMPARABLE,
     PAPER_NAMES,
     PAPER_RESULTS,
     PAPER_SETTINGS,
@@ -357,8 +361,11 @@ def _title(dataset: str, what: str) -> str:
     return f"{dataset}{paper}: {what}"
 
 
-def results_table(table: ResultTable, fmt: str = "markdown", *, with_paper: bool = False) -> str:
-    """Tables I-II layout of one dataset: cells, best/second marks, Avg. Rank, training time."""
+def results_table(
+    table: ResultTable, fmt: str = "markdown", *, with_paper: bool = False, metric: str = METRIC
+) -> str:
+    """Tables I-II layout of one dataset: cells (the summaries' `metric`), best/second marks,
+    Avg. Rank, training time."""
     f = _formatter(fmt)
     columns = {s: table.column(s) for s in table.settings}
     marks = {s: column_marks(c) for s, c in columns.items()}
@@ -393,16 +400,17 @@ def results_table(table: ResultTable, fmt: str = "markdown", *, with_paper: bool
                 + [f"{by_setting[s]:.2f}" if s in by_setting else f.dash for s in table.settings]
                 + [f"{paper_ranks(table.dataset)[method]:.2f}", f.times(time)]
             )
-    title = _title(table.dataset, "test accuracy (%) at the best clean-set epoch")
+    title = _title(table.dataset, METRICS[metric])
     return "\n".join(f.table(title, [f.esc(h) for h in header], body))
 
 
-def results_notes(tables: Sequence[ResultTable], *, with_paper: bool = False) -> list[str]:
+def results_notes(
+    tables: Sequence[ResultTable], *, with_paper: bool = False, metric: str = METRIC
+) -> list[str]:
     """What the cells, marks, ranks and times of results_table mean."""
     references = sorted({r for t in tables if (r := reference_row(t))})
     notes = [
-        f"Cells: {METRIC} (test accuracy at the epoch of best clean-set accuracy) in %, "
-        "mean ± sample std (ddof=1) over n seeds.",
+        f"Cells: {metric} ({METRICS[metric]}), mean ± sample std (ddof=1) over n seeds.",
         "Best / second best of each column in bold / underlined (Markdown: <u>), among this "
         "table's rows (paper rows excluded), comparing means at the shown 0.01 precision; tied "
         "rows all get the mark, and the second best is the next distinct value.",
@@ -496,10 +504,10 @@ def paired_table(
     return "\n".join(f.table(title, [f.esc(h) for h in header], body or [[f.dash]]))
 
 
-def paired_notes(baseline: str) -> list[str]:
+def paired_notes(baseline: str, metric: str = METRIC) -> list[str]:
     """What the paired_table cells mean."""
     return [
-        f"Paired: row - {baseline} of {METRIC} (points) over the seeds both rows have at that "
+        f"Paired: row - {baseline} of {metric} (points) over the seeds both rows have at that "
         "setting (one seed is one noise draw and one clean/noisy split, shared by both runs): "
         f"mean [{CONFIDENCE:.0%} Student-t interval, mean ± t(0.975, n-1) s / sqrt(n), s the "
         "sample std of the differences] (n = paired seeds); with n < 2 no interval is given.",
@@ -513,16 +521,25 @@ def report(
     with_paper: bool = False,
     compare: bool = False,
     paired_against: str | None = None,
+    metric: str = METRIC,
 ) -> str:
-    """Tables I-II of every dataset, then (optionally) the paper comparison and the paired
-    differences from a baseline row, then the runs left out."""
+    """Tables I-II of every dataset (cells: the summaries' `metric`, one of paper.METRICS), then
+    (optionally) the paper comparison and the paired differences from a baseline row, then the
+    runs left out. The paper's numbers go only beside a test accuracy (paper.PAPER_COMPARABLE)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r} is not allowed; allowed values: {tuple(METRICS)}")
+    if (with_paper or compare) and metric not in PAPER_COMPARABLE:
+        raise ValueError(
+            f"metric={metric!r}: the paper's numbers are test accuracies; with_paper and compare "
+            f"allow only {PAPER_COMPARABLE}"
+        )
     f = _formatter(fmt)
-    items, left_out = entries(runs)
+    items, left_out = entries(runs, metric)
     tables = build_tables(items)
     blocks = [r"% LaTeX tables: \usepackage{booktabs}"] if fmt == "latex" else []
-    blocks += [results_table(t, fmt, with_paper=with_paper) for t in tables]
+    blocks += [results_table(t, fmt, with_paper=with_paper, metric=metric) for t in tables]
     blocks.append(
-        "\n".join(f.notes(results_notes(tables, with_paper=with_paper)))
+        "\n".join(f.notes(results_notes(tables, with_paper=with_paper, metric=metric)))
         if tables
         else "\n".join(f.notes(["No finished runs."]))
     )
@@ -536,7 +553,7 @@ def report(
     if paired_against is not None:
         for dataset, pairs in paired_differences(items, paired_against).items():
             blocks.append(paired_table(dataset, pairs, paired_against, fmt))
-        blocks.append("\n".join(f.notes(paired_notes(paired_against))))
+        blocks.append("\n".join(f.notes(paired_notes(paired_against, metric))))
     if left_out:
         blocks.append("\n".join(f.notes(left_out, "Left out:")))
     return "\n\n".join(b for b in blocks if b) + "\n"
@@ -568,8 +585,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="add the paired difference of every row from this row, e.g. ce",
     )
+    parser.add_argument(
+        "--metric",
+        choices=tuple(METRICS),
+        default=METRIC,
+        help="the summary.json value in the cells (default: the paper's protocol)",
+    )
     parser.add_argument("--out", default=None, help="also write the output to this file")
     args = parser.parse_args(argv)
+    if (args.with_paper or args.compare) and args.metric not in PAPER_COMPARABLE:
+        parser.error(
+            f"--metric={args.metric}: --with-paper and --compare need a test accuracy, one of "
+            f"{', '.join(PAPER_COMPARABLE)}"
+        )
     try:
         runs = runs_lib.find_runs(args.run_dirs)
     except ValueError as e:
@@ -581,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_paper=args.with_paper,
             compare=args.compare,
             paired_against=args.paired_against,
+            metric=args.metric,
         )
     except UnknownRow as e:
         parser.exit(2, f"{parser.prog}: error: --paired-against={args.paired_against}: {e}\n")
