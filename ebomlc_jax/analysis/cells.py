@@ -37,22 +37,6 @@ class Cell:
         """Sample standard deviation over seeds (ddof=1); 0 for a single seed."""
         return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0
 
-    def format(self) -> str:
-        """'mean ± std (n=k)', or 'mean (n=1)' for a single seed."""
-        if self.n == 1:
-            return f"{self.mean:.2f} (n=1)"
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})"
-
-
-def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    """GitHub markdown table lines; the first column left-aligned, the rest right-aligned."""
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return lines
-
 
 # ---------------------------------------------------------------------------------------------
 # Runs below a root, grouped by summary and config.
@@ -150,7 +134,8 @@ def row_order(row: str) -> tuple[Any, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One finished run as the tables see it; `accuracy` is test_accuracy_at_best_clean in %."""
+    """One finished run as the tables see it; `accuracy` is the table's metric in % (by default
+    test_accuracy_at_best_clean)."""
 
     path: pathlib.Path
     dataset: str

@@ -28,7 +28,7 @@ LAMBDA_U = {
     "cifar100": {0.2: 25.0, 0.5: 150.0, 0.8: 150.0, 0.9: 150.0},
 }
 WARMUP_EPOCHS = {"cifar10": 10, "cifar100": 30}  # Section 4.1 and Train_cifar.py's warm_up
-DIGITS_WARMUP_EPOCHS = 1  # digits (not in the paper): its runs are 3-12 epochs
+DIGITS_WARMUP_EPOCHS = 1  # digits (not in the paper): one epoch (20 steps) of CE; the demo is 12
 
 
 def paper_rate(rate: float) -> float:
