@@ -1,7 +1,8 @@
 """Offline demo: ResNet-32 + EBOMLC on scikit-learn's bundled 8x8 digits, 60% uniform noise.
 
 Runs on a fresh machine with no download (about 1.5 minutes on 2 CPU cores); the default of
-`python run.py`.
+`python run.py`. A demo, not the comparison protocol (configs/digits_study.py): its 240 steps are
+too few for some methods (MLC, GLC's second phase, Co-teaching+), see docs/results.md.
 
     python run.py --config=configs/digits_uniform60.py --workdir=workdirs/digits_uniform60
 """
