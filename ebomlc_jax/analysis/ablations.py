@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ebomlc_jax.analysis import cells, paper, tables
+from ebomlc_jax.analysis import cells, figures, paper, tables
 from ebomlc_jax.analysis import runs as runs_lib
 
 
@@ -252,14 +252,9 @@ def diagnostics_figure(
     return rows_figure(by_row, DIAGNOSTICS, title, out_path)
 
 
-def _unique(path: pathlib.Path, used: set[pathlib.Path]) -> pathlib.Path:
-    """`path`, or path_2, path_3, ... when an earlier figure took it."""
-    candidate, n = path, 1
-    while candidate in used:
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    used.add(candidate)
-    return candidate
+def _unique(path: pathlib.Path, used: set[str]) -> pathlib.Path:
+    """`path`, or path_2, path_3, ... when an earlier figure took it (figures.unique_name)."""
+    return path.with_name(figures.unique_name(path.stem, used) + path.suffix)
 
 
 def _setting_file(setting: paper.Setting) -> str:
@@ -301,7 +296,7 @@ def write_ablation_figures(
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[tuple[pathlib.Path, str]] = []
-    used: set[pathlib.Path] = set()
+    used: set[str] = set()  # file stems already written (all PNGs in out_dir)
     for ablation in ABLATIONS:
         groups = ablation_groups(runs, ablation)
         for group in groups:

@@ -202,6 +202,17 @@ def safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_") or "run"
 
 
+def unique_name(base: str, used: set[str]) -> str:
+    """`base`, or base_2, base_3, ... when an earlier figure took it; recorded in `used` (two runs
+    or groups with one name, e.g. reruns, must not overwrite each other's files)."""
+    name, n = base, 1
+    while name in used:
+        n += 1
+        name = f"{base}_{n}"
+    used.add(name)
+    return name
+
+
 def write_figures(
     run_dirs: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path | None = None
 ) -> list[pathlib.Path]:
@@ -222,12 +233,7 @@ def write_figures(
     for run, history in zip(runs, has_history, strict=True):
         if run.confusion is None and not history:
             continue
-        name = base = safe_name(run.label)
-        n = 1
-        while name in used:  # Two runs with one label (e.g. reruns) must not overwrite each other.
-            n += 1
-            name = f"{base}_{n}"
-        used.add(name)
+        name = unique_name(safe_name(run.label), used)
         if run.confusion is not None:
             correction_heatmap(run, out_dir / f"heatmap_{name}.png")
             written.append(out_dir / f"heatmap_{name}.png")

@@ -193,7 +193,7 @@ class UnknownRow(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Paired:
-    """row - baseline of test_accuracy_at_best_clean (points) over the seeds both have."""
+    """row - baseline of the table's metric (points) over the seeds both have."""
 
     row: str
     setting: Setting

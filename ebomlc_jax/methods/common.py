@@ -439,3 +439,21 @@ def meta_accuracy(targets: jax.Array, batch: Batch) -> dict[str, jax.Array]:
         return {}
     hits = jnp.argmax(targets, axis=-1) == batch["true_label"]
     return {"meta_accuracy": jnp.mean(hits.astype(jnp.float32))}
+
+
+def mean_by_correctness(
+    values: jax.Array, batch: Batch, axis_name: str | None = None
+) -> dict[str, jax.Array]:
+    """Mean of per-example values over the batch's mislabelled and correctly labelled examples
+    ("mislabelled", "correct"; 0 for an empty group), from "true_label": a diagnostic, never a
+    training input; {} without true labels. Over the global batch under pmap."""
+    if "true_label" not in batch:
+        return {}
+    wrong = (batch["label"] != batch["true_label"]).astype(values.dtype)
+    out = {}
+    for name, mask in (("mislabelled", wrong), ("correct", 1 - wrong)):
+        sums = jnp.stack([jnp.sum(values * mask), jnp.sum(mask)])
+        if axis_name is not None:
+            sums = jax.lax.psum(sums, axis_name)
+        out[name] = sums[0] / jnp.maximum(sums[1], 1)
+    return out

@@ -77,17 +77,8 @@ def weight_by_correctness(
     """Mean of batch size x weight (1: uniform) over mislabelled and correctly labelled examples
     (0 when a group is empty), from true_label: a diagnostic, never a training input. Under pmap
     the means are over the global batch (each device's weights are the global ones x devices)."""
-    if "true_label" not in batch:
-        return {}
-    scaled = weights * weights.shape[0]
-    wrong = (batch["label"] != batch["true_label"]).astype(weights.dtype)
-    out = {}
-    for name, mask in (("weight_mislabelled", wrong), ("weight_correct", 1 - wrong)):
-        sums = jnp.stack([jnp.sum(scaled * mask), jnp.sum(mask)])
-        if axis_name is not None:
-            sums = jax.lax.psum(sums, axis_name)
-        out[name] = sums[0] / jnp.maximum(sums[1], 1)
-    return out
+    groups = common.mean_by_correctness(weights * weights.shape[0], batch, axis_name)
+    return {f"weight_{k}": v for k, v in groups.items()}
 
 
 @register("l2rw")

@@ -74,14 +74,8 @@ def weight_measurements(
 ) -> dict[str, jax.Array]:
     """Mean weight overall and, from "true_label" (analysis only), on mislabelled / correct ones
     (0 if the batch has none); over the global batch under pmap."""
-    out = {"mean_weight": jnp.mean(weights)}
-    if "true_label" in batch:
-        wrong = (batch["label"] != batch["true_label"]).astype(weights.dtype)
-        for name, mask in (("weight_mislabelled", wrong), ("weight_correct", 1 - wrong)):
-            sums = jnp.stack([jnp.sum(weights * mask), jnp.sum(mask)])
-            total, count = sums if axis_name is None else jax.lax.psum(sums, axis_name)
-            out[name] = total / jnp.maximum(count, 1)
-    return out
+    groups = common.mean_by_correctness(weights, batch, axis_name)
+    return {"mean_weight": jnp.mean(weights), **{f"weight_{k}": v for k, v in groups.items()}}
 
 
 @register("mwnet")
