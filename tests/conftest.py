@@ -10,7 +10,14 @@ import os
 # flags or within a tolerance.
 # The SIGKILL-and-resume test's run.py processes go without it: they run exactly what users run.
 QUICK_CODEGEN = "--xla_backend_optimization_level=0"
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {QUICK_CODEGEN}")
+# XLA:CPU aborts the process when the fake devices of a pmap do not all reach a collective within
+# 40 s (its default); on a 2-core machine shared with other jobs that happened once to the
+# four-device tests. A generous limit keeps a slow machine slow instead of killing the worker.
+PATIENT_COLLECTIVES = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+os.environ.setdefault(
+    "XLA_FLAGS",
+    f"--xla_force_host_platform_device_count=4 {QUICK_CODEGEN} {PATIENT_COLLECTIVES}",
+)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
