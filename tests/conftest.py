@@ -1,5 +1,5 @@
-"""Test setup: four fake CPU devices and quick codegen (before jax starts), and one compilation
-cache per session."""
+"""Test setup: four fake CPU devices, quick codegen and a patient collective timeout (before jax
+starts), and one compilation cache per session."""
 
 import os
 
